@@ -1,0 +1,1 @@
+"""Demo tasks shipped with tuneplex (data generators and evaluators for `make demo`)."""

@@ -1,0 +1,1 @@
+"""Python SDK (typed wrappers over the gRPC stubs) and the ``tuneplex`` CLI."""

@@ -1,0 +1,5 @@
+"""The ``tuneplex`` command line."""
+
+from services.client.cli.app import app, main
+
+__all__ = ["app", "main"]

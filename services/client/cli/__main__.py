@@ -1,0 +1,3 @@
+from services.client.cli.app import main
+
+main()

@@ -1,0 +1,282 @@
+"""Python SDK of the registry: ``RegistryClient`` (blocking, for the CLI and the trainer's
+worker) and ``AsyncRegistryClient`` (grpc.aio, for the gateway). Same methods, same errors:
+the domain errors of ``services.common.errors``. File handling lives in ``transfer.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+
+from services.client.transfer import (
+    KINDS,
+    PullWriter,
+    file_entry,
+    file_requests,
+    kind_label,
+    kind_value,
+    local_files,
+    upload_header,
+)
+from services.common.auth import bearer_metadata
+from services.common.errors import from_grpc_error
+from services.common.grpc_server import channel_options
+from services.common.stubs import registry_pb2, registry_pb2_grpc
+
+__all__ = ["KINDS", "AsyncRegistryClient", "RegistryClient", "kind_label", "kind_value"]
+
+
+@contextmanager
+def _domain_errors():
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise from_grpc_error(exc) from None
+
+
+def _ref_request(cls, kind: str, ref: str):
+    return cls(kind=kind_value(kind), ref=ref)
+
+
+class RegistryClient:
+    """Blocking client. ``target`` is ``host:port``; use as a context manager or ``close()``."""
+
+    def __init__(self, target: str, api_key: str | None = None, timeout: float | None = None):
+        self._channel = grpc.insecure_channel(target, options=channel_options())
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._metadata = bearer_metadata(api_key)
+        self.timeout = timeout
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _unary(self, method: str, request):
+        with _domain_errors():
+            return getattr(self._stub, method)(
+                request, metadata=self._metadata, timeout=self.timeout
+            )
+
+    def push(
+        self,
+        kind: str,
+        name: str,
+        path: Path,
+        *,
+        base_model: str | None = None,
+        description: str = "",
+        lineage: registry_pb2.Lineage | None = None,
+        source: str = "",
+    ) -> registry_pb2.ArtifactVersion:
+        """Upload ``path`` (a file or a folder) as the next version of ``kind/name``."""
+        files = local_files(path)
+        entries = [file_entry(rel, p) for rel, p in files]
+        header = upload_header(
+            kind,
+            name,
+            entries,
+            base_model=base_model,
+            description=description,
+            lineage=lineage,
+            source=source,
+        )
+
+        def requests():
+            yield header
+            yield from file_requests(files)
+
+        with _domain_errors():
+            return self._stub.UploadArtifact(requests(), metadata=self._metadata).version
+
+    def pull(self, kind: str, ref: str, dest: Path) -> registry_pb2.ArtifactVersion:
+        """Download ``ref`` into ``dest``; each file appears only complete and verified."""
+        writer = PullWriter(dest)
+        request = _ref_request(registry_pb2.DownloadArtifactRequest, kind, ref)
+        call = self._stub.DownloadArtifact(request, metadata=self._metadata)
+        try:
+            with _domain_errors():
+                for message in call:
+                    if message.WhichOneof("payload") == "version":
+                        writer.start(message.version)
+                    else:
+                        writer.chunk(message.chunk)
+            return writer.finish()
+        finally:
+            call.cancel()  # a no-op once complete; stops the stream after a local error
+            writer.close()
+
+    def resolve(self, kind: str, ref: str) -> registry_pb2.ArtifactVersion:
+        request = _ref_request(registry_pb2.ResolveArtifactRequest, kind, ref)
+        return self._unary("ResolveArtifact", request).version
+
+    def get(self, kind: str, name: str) -> registry_pb2.Artifact:
+        request = registry_pb2.GetArtifactRequest(kind=kind_value(kind), name=name)
+        return self._unary("GetArtifact", request).artifact
+
+    def list(self, kind: str | None = None) -> list[registry_pb2.Artifact]:
+        out, token = [], ""
+        while True:
+            response = self._unary(
+                "ListArtifacts",
+                registry_pb2.ListArtifactsRequest(
+                    kind=kind_value(kind) if kind else 0, page_token=token
+                ),
+            )
+            out.extend(response.artifacts)
+            token = response.next_page_token
+            if not token:
+                return out
+
+    def versions(self, kind: str, name: str) -> list[registry_pb2.ArtifactVersion]:
+        request = registry_pb2.ListArtifactVersionsRequest(kind=kind_value(kind), name=name)
+        return list(self._unary("ListArtifactVersions", request).versions)
+
+    def set_alias(self, kind: str, name: str, alias: str, version: int) -> registry_pb2.Artifact:
+        request = registry_pb2.SetAliasRequest(
+            kind=kind_value(kind), name=name, alias=alias, version=version
+        )
+        return self._unary("SetAlias", request).artifact
+
+    def delete_alias(self, kind: str, name: str, alias: str) -> None:
+        request = registry_pb2.DeleteAliasRequest(kind=kind_value(kind), name=name, alias=alias)
+        self._unary("DeleteAlias", request)
+
+    def delete(self, kind: str, name: str, version: int = 0, force: bool = False) -> None:
+        request = registry_pb2.DeleteArtifactRequest(
+            kind=kind_value(kind), name=name, version=version, force=force
+        )
+        self._unary("DeleteArtifact", request)
+
+    def lineage(self, kind: str, ref: str) -> list[registry_pb2.ArtifactVersion]:
+        request = _ref_request(registry_pb2.GetLineageRequest, kind, ref)
+        return list(self._unary("GetLineage", request).chain)
+
+
+class AsyncRegistryClient:
+    """The same API as ``RegistryClient`` with ``async def`` methods, over ``grpc.aio``."""
+
+    def __init__(self, target: str, api_key: str | None = None, timeout: float | None = None):
+        self._channel = grpc.aio.insecure_channel(target, options=channel_options())
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._metadata = bearer_metadata(api_key)
+        self.timeout = timeout
+
+    async def __aenter__(self) -> AsyncRegistryClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _unary(self, method: str, request):
+        with _domain_errors():
+            return await getattr(self._stub, method)(
+                request, metadata=self._metadata, timeout=self.timeout
+            )
+
+    async def push(
+        self,
+        kind: str,
+        name: str,
+        path: Path,
+        *,
+        base_model: str | None = None,
+        description: str = "",
+        lineage: registry_pb2.Lineage | None = None,
+        source: str = "",
+    ) -> registry_pb2.ArtifactVersion:
+        files = await asyncio.to_thread(local_files, path)
+        entries = [await asyncio.to_thread(file_entry, rel, p) for rel, p in files]
+        header = upload_header(
+            kind,
+            name,
+            entries,
+            base_model=base_model,
+            description=description,
+            lineage=lineage,
+            source=source,
+        )
+
+        async def requests() -> AsyncIterator[registry_pb2.UploadArtifactRequest]:
+            yield header
+            chunks = file_requests(files)
+            while (request := await asyncio.to_thread(next, chunks, None)) is not None:
+                yield request
+
+        with _domain_errors():
+            return (await self._stub.UploadArtifact(requests(), metadata=self._metadata)).version
+
+    async def pull(self, kind: str, ref: str, dest: Path) -> registry_pb2.ArtifactVersion:
+        writer = PullWriter(dest)
+        request = _ref_request(registry_pb2.DownloadArtifactRequest, kind, ref)
+        call = self._stub.DownloadArtifact(request, metadata=self._metadata)
+        try:
+            with _domain_errors():
+                async for message in call:
+                    if message.WhichOneof("payload") == "version":
+                        await asyncio.to_thread(writer.start, message.version)
+                    else:
+                        await asyncio.to_thread(writer.chunk, message.chunk)
+            return writer.finish()
+        finally:
+            call.cancel()
+            await asyncio.to_thread(writer.close)
+
+    async def resolve(self, kind: str, ref: str) -> registry_pb2.ArtifactVersion:
+        request = _ref_request(registry_pb2.ResolveArtifactRequest, kind, ref)
+        return (await self._unary("ResolveArtifact", request)).version
+
+    async def get(self, kind: str, name: str) -> registry_pb2.Artifact:
+        request = registry_pb2.GetArtifactRequest(kind=kind_value(kind), name=name)
+        return (await self._unary("GetArtifact", request)).artifact
+
+    async def list(self, kind: str | None = None) -> list[registry_pb2.Artifact]:
+        out, token = [], ""
+        while True:
+            response = await self._unary(
+                "ListArtifacts",
+                registry_pb2.ListArtifactsRequest(
+                    kind=kind_value(kind) if kind else 0, page_token=token
+                ),
+            )
+            out.extend(response.artifacts)
+            token = response.next_page_token
+            if not token:
+                return out
+
+    async def versions(self, kind: str, name: str) -> list[registry_pb2.ArtifactVersion]:
+        request = registry_pb2.ListArtifactVersionsRequest(kind=kind_value(kind), name=name)
+        return list((await self._unary("ListArtifactVersions", request)).versions)
+
+    async def set_alias(
+        self, kind: str, name: str, alias: str, version: int
+    ) -> registry_pb2.Artifact:
+        request = registry_pb2.SetAliasRequest(
+            kind=kind_value(kind), name=name, alias=alias, version=version
+        )
+        return (await self._unary("SetAlias", request)).artifact
+
+    async def delete_alias(self, kind: str, name: str, alias: str) -> None:
+        request = registry_pb2.DeleteAliasRequest(kind=kind_value(kind), name=name, alias=alias)
+        await self._unary("DeleteAlias", request)
+
+    async def delete(self, kind: str, name: str, version: int = 0, force: bool = False) -> None:
+        request = registry_pb2.DeleteArtifactRequest(
+            kind=kind_value(kind), name=name, version=version, force=force
+        )
+        await self._unary("DeleteArtifact", request)
+
+    async def lineage(self, kind: str, ref: str) -> list[registry_pb2.ArtifactVersion]:
+        request = _ref_request(registry_pb2.GetLineageRequest, kind, ref)
+        return list((await self._unary("GetLineage", request)).chain)

@@ -1,0 +1,102 @@
+"""Python SDK of the trainer: ``TrainerClient`` (blocking), typed wrappers over the stubs that
+raise the domain errors of ``services.common.errors``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+
+from services.common.auth import bearer_metadata
+from services.common.errors import from_grpc_error
+from services.common.grpc_server import channel_options
+from services.common.stubs import trainer_pb2, trainer_pb2_grpc
+
+FINAL_STATES = frozenset(
+    {
+        trainer_pb2.JOB_STATE_SUCCEEDED,
+        trainer_pb2.JOB_STATE_FAILED,
+        trainer_pb2.JOB_STATE_CANCELLED,
+    }
+)
+
+
+@contextmanager
+def _domain_errors():
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise from_grpc_error(exc) from None
+
+
+def state_name(state: int) -> str:
+    return trainer_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+
+
+class TrainerClient:
+    """Blocking client. ``target`` is ``host:port``; use as a context manager or ``close()``."""
+
+    def __init__(self, target: str, api_key: str | None = None, timeout: float | None = None):
+        self._channel = grpc.insecure_channel(target, options=channel_options())
+        self._stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
+        self._metadata = bearer_metadata(api_key)
+        self.timeout = timeout
+
+    def __enter__(self) -> TrainerClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _unary(self, method: str, request):
+        with _domain_errors():
+            return getattr(self._stub, method)(
+                request, metadata=self._metadata, timeout=self.timeout
+            )
+
+    def create_job(
+        self, training: trainer_pb2.TrainingSpec, *, idempotency_key: str = ""
+    ) -> trainer_pb2.Job:
+        request = trainer_pb2.CreateJobRequest(
+            spec=trainer_pb2.JobSpec(training=training), idempotency_key=idempotency_key
+        )
+        return self._unary("CreateJob", request).job
+
+    def get_job(self, job_id: str) -> trainer_pb2.Job:
+        return self._unary("GetJob", trainer_pb2.GetJobRequest(id=job_id)).job
+
+    def list_jobs(self, state: int = 0, page_size: int = 50) -> list[trainer_pb2.Job]:
+        jobs, token = [], ""
+        while True:
+            page = self._unary(
+                "ListJobs",
+                trainer_pb2.ListJobsRequest(state=state, page_size=page_size, page_token=token),
+            )
+            jobs.extend(page.jobs)
+            token = page.next_page_token
+            if not token:
+                return jobs
+
+    def cancel_job(self, job_id: str) -> trainer_pb2.Job:
+        return self._unary("CancelJob", trainer_pb2.CancelJobRequest(id=job_id)).job
+
+    def stream_events(self, job_id: str, after_sequence: int = 0) -> Iterator[trainer_pb2.JobEvent]:
+        """Events recorded so far, then live ones, until the job reaches a final state."""
+        request = trainer_pb2.StreamJobEventsRequest(id=job_id, after_sequence=after_sequence)
+        with _domain_errors():
+            for response in self._stub.StreamJobEvents(request, metadata=self._metadata):
+                yield response.event
+
+    def list_checkpoints(self, job_id: str) -> list[trainer_pb2.Checkpoint]:
+        request = trainer_pb2.ListCheckpointsRequest(id=job_id)
+        return list(self._unary("ListCheckpoints", request).checkpoints)
+
+    def estimate_memory(
+        self, training: trainer_pb2.TrainingSpec
+    ) -> trainer_pb2.EstimateJobMemoryResponse:
+        request = trainer_pb2.EstimateJobMemoryRequest(spec=trainer_pb2.JobSpec(training=training))
+        return self._unary("EstimateJobMemory", request)

@@ -1,0 +1,148 @@
+"""The one error table of tuneplex.
+
+Services raise domain errors (subclasses of ``TuneplexError``); the edges translate them once:
+the gRPC interceptor to a status code, the HTTP gateway to a status and an OpenAI-shaped body.
+The kind of an error, never its text, decides the code. ``INTERNAL`` / 500 is kept for bugs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import grpc
+
+
+@dataclass(frozen=True)
+class ErrorMapping:
+    grpc_code: grpc.StatusCode
+    http_status: int
+    openai_type: str
+
+
+class TuneplexError(Exception):
+    """Base of every error a user can cause or a dependency can raise.
+
+    ``param`` names the field at fault (OpenAI's ``param``), ``code`` is a stable
+    machine-readable reason such as ``model_not_found``.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    @property
+    def mapping(self) -> ErrorMapping:
+        return mapping_for(type(self))
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.mapping.openai_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidArgument(TuneplexError):
+    """The request itself is wrong: a malformed field, a bad name, a bad file."""
+
+
+class NotFound(TuneplexError):
+    """The named thing does not exist."""
+
+
+class AlreadyExists(TuneplexError):
+    """A name or version that must be new is taken."""
+
+
+class FailedPrecondition(TuneplexError):
+    """The request is well formed but the system is not in a state to do it
+    (an adapter for another base model, qlora without CUDA, a job that cannot fit)."""
+
+
+class ResourceExhausted(TuneplexError):
+    """Too big or too many: an oversized upload, an overloaded engine."""
+
+
+class Unauthenticated(TuneplexError):
+    """Missing or wrong API key."""
+
+
+class PermissionDenied(TuneplexError):
+    """Authenticated but not allowed."""
+
+
+class DataLoss(TuneplexError):
+    """Stored bytes do not match their sha256: never served."""
+
+
+class Unavailable(TuneplexError):
+    """A dependency (vLLM engine, registry) is down; retrying later may work."""
+
+
+class Cancelled(TuneplexError):
+    """The operation was cancelled."""
+
+
+class DeadlineExceeded(TuneplexError):
+    """The operation took longer than allowed."""
+
+
+class Internal(TuneplexError):
+    """A bug. The message is logged in full and kept generic on the wire."""
+
+
+ERROR_TABLE: dict[type[TuneplexError], ErrorMapping] = {
+    InvalidArgument: ErrorMapping(grpc.StatusCode.INVALID_ARGUMENT, 400, "invalid_request_error"),
+    NotFound: ErrorMapping(grpc.StatusCode.NOT_FOUND, 404, "not_found_error"),
+    AlreadyExists: ErrorMapping(grpc.StatusCode.ALREADY_EXISTS, 409, "invalid_request_error"),
+    FailedPrecondition: ErrorMapping(
+        grpc.StatusCode.FAILED_PRECONDITION, 400, "invalid_request_error"
+    ),
+    ResourceExhausted: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
+    Unauthenticated: ErrorMapping(grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
+    PermissionDenied: ErrorMapping(grpc.StatusCode.PERMISSION_DENIED, 403, "permission_error"),
+    DataLoss: ErrorMapping(grpc.StatusCode.DATA_LOSS, 500, "server_error"),
+    Unavailable: ErrorMapping(grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable_error"),
+    Cancelled: ErrorMapping(grpc.StatusCode.CANCELLED, 499, "cancelled_error"),
+    DeadlineExceeded: ErrorMapping(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout_error"),
+    Internal: ErrorMapping(grpc.StatusCode.INTERNAL, 500, "server_error"),
+}
+
+_BY_GRPC_CODE: dict[grpc.StatusCode, type[TuneplexError]] = {
+    m.grpc_code: cls for cls, m in ERROR_TABLE.items()
+}
+
+
+def mapping_for(cls: type[TuneplexError]) -> ErrorMapping:
+    for klass in cls.__mro__:
+        if klass in ERROR_TABLE:
+            return ERROR_TABLE[klass]  # type: ignore[index]
+    return ERROR_TABLE[Internal]
+
+
+def from_grpc_error(err: grpc.RpcError) -> TuneplexError:
+    """Turn an error a tuneplex gRPC service returned back into its domain error, so a client
+    (the gateway asking the registry, say) can re-raise it with the right kind."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else str(err)
+    cls = _BY_GRPC_CODE.get(code)
+    if cls is None:
+        # UNKNOWN, ABORTED, ... : a transport problem rather than a verdict on the request.
+        cls = (
+            Unavailable if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED) else Internal
+        )
+    return cls(details or code.name)
+
+
+def http_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Client Closed Request" if status == 499 else "Error"

@@ -1,0 +1,1 @@
+"""The registry: datasets, LoRA adapters and models as immutable, content-addressed versions."""

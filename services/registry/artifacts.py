@@ -1,0 +1,277 @@
+"""The registry's logic, between the gRPC servicer and the stores.
+
+Publishing writes in an order that makes a crash harmless: every blob first (each renamed or
+completed into place only when whole and matching its sha256), then the manifest, then the
+metadata row in one transaction. Until that row commits nothing is visible; what a crash
+leaves behind is orphan blobs, which the GC removes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+from services.common.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from services.common.stubs import registry_pb2
+from services.registry import convert
+from services.registry.metadata import FileRow, MetadataStore, NewVersion, VersionRow
+from services.registry.names import check_alias, check_name, kind_name, parse_ref
+from services.registry.settings import RegistrySettings
+from services.registry.storage import BlobStore, blob_key, manifest_key
+from services.registry.validation import UploadPlan, plan_upload
+
+log = logging.getLogger(__name__)
+
+# Lineage fields that name another version, with the kind they name.
+LINEAGE_REFS = {
+    "dataset": "dataset",
+    "validation_dataset": "dataset",
+    "base_model": "model",
+    "adapter": "adapter",
+}
+
+
+class ArtifactRegistry:
+    def __init__(self, settings: RegistrySettings, store: BlobStore, metadata: MetadataStore):
+        self.settings = settings
+        self.store = store
+        self.metadata = metadata
+
+    # --- publish ------------------------------------------------------------------------
+
+    async def upload(
+        self, header: registry_pb2.UploadHeader, chunks: AsyncIterator[registry_pb2.FileChunk]
+    ) -> VersionRow:
+        """Validate, store and publish one version from a header and its files' chunks."""
+        plan = plan_upload(
+            header,
+            max_upload_bytes=self.settings.max_upload_bytes,
+            max_example_chars=self.settings.max_example_chars,
+        )
+        lineage = registry_pb2.Lineage()
+        lineage.CopyFrom(header.lineage)
+        # Everything knowable from the header is checked before the first byte is stored.
+        await self._pin_lineage(lineage)
+        base_model = ""
+        if plan.kind == "adapter" and header.base_model:
+            base_model = await self._resolve_base_model(header.base_model)
+
+        loop = asyncio.get_running_loop()
+        for entry in header.files:
+            data = _file_bytes(chunks, entry)
+            try:
+                await asyncio.to_thread(self._store_file, plan, entry, _blocking(data, loop))
+            finally:
+                # On cancellation the worker may still be inside a step of ``data``; it ends
+                # on its own when the cancelled call's stream ends.
+                with contextlib.suppress(RuntimeError):
+                    await data.aclose()
+        if await anext(chunks, None) is not None:
+            raise InvalidArgument("data after the last file of the header", param="chunk")
+
+        info = plan.info()
+        if plan.kind == "adapter":
+            base_model = base_model or await self._resolve_base_model(plan.base_model_hint())
+            info.base_model = base_model
+            if not lineage.base_model:
+                lineage.base_model = base_model
+        elif plan.kind == "model" and lineage.adapter:
+            info.merged_from_adapter = lineage.adapter  # an export: pinned above
+
+        files = [FileRow(f.path, f.size_bytes, f.sha256) for f in header.files]
+        manifest = convert.manifest_json(files)
+        digest = hashlib.sha256(manifest).hexdigest()
+        await asyncio.to_thread(
+            self.store.put, manifest_key(digest), [manifest], size=len(manifest), sha256=digest
+        )
+        row = await asyncio.to_thread(
+            self.metadata.publish,
+            NewVersion(
+                kind=plan.kind,
+                name=header.name,
+                manifest_sha256=digest,
+                total_size=sum(f.size for f in files),
+                files=files,
+                description=header.description,
+                lineage_json=convert.lineage_to_json(lineage),
+                info_json=convert.info_to_json(info),
+                base_model=base_model,
+            ),
+        )
+        log.info("published %s %s@%d (%d bytes)", row.kind, row.name, row.version, row.total_size)
+        return row
+
+    def _store_file(self, plan: UploadPlan, entry: registry_pb2.FileEntry, data: Iterator[bytes]):
+        """Runs in a worker thread: hash, check and store one file as its bytes arrive."""
+        check = plan.checks[entry.path]
+
+        def checked() -> Iterator[bytes]:
+            for piece in data:
+                check.feed(piece)
+                yield piece
+            check.finish()  # before the store sees the end: a bad file is never committed
+
+        # Always written, even when the blob exists: rewriting refreshes its age, so the GC
+        # cannot collect it (as an orphan of a deleted version) while this upload publishes.
+        self.store.put(
+            blob_key(entry.sha256), checked(), size=entry.size_bytes, sha256=entry.sha256
+        )
+
+    async def _resolve_base_model(self, hint: str) -> str:
+        if not hint:
+            raise InvalidArgument(
+                "an adapter needs its base model: set base_model (a model in this registry)",
+                param="base_model",
+            )
+        # PEFT records the folder it trained from; tuneplex keeps models in folders named
+        # after them (<home>/models/<name>), so the last component is the model's name.
+        name = hint.rstrip("/").rsplit("/", 1)[-1] if "/" in hint else hint
+        try:
+            ref = parse_ref(name)
+            row = await asyncio.to_thread(self.metadata.resolve, "model", ref)
+        except (NotFound, InvalidArgument):
+            raise FailedPrecondition(
+                f"unknown base model {hint!r}: the registry has no such model; push it first "
+                "(`tuneplex models push`)",
+                param="base_model",
+                code="base_model_not_found",
+            ) from None
+        return f"{row.name}@{row.version}"
+
+    async def _pin_lineage(self, lineage: registry_pb2.Lineage) -> None:
+        """Replace each reference in ``lineage`` by the exact version it names now."""
+        for field, kind in LINEAGE_REFS.items():
+            ref = getattr(lineage, field)
+            if not ref:
+                continue
+            try:
+                row = await asyncio.to_thread(self.metadata.resolve, kind, parse_ref(ref))
+            except (NotFound, InvalidArgument):
+                raise FailedPrecondition(
+                    f"lineage.{field} names {kind} {ref!r}, which the registry does not have",
+                    param=f"lineage.{field}",
+                ) from None
+            setattr(lineage, field, f"{row.name}@{row.version}")
+
+    # --- read ---------------------------------------------------------------------------
+
+    async def resolve(self, kind: int, ref: str) -> VersionRow:
+        return await asyncio.to_thread(self.metadata.resolve, kind_name(kind), parse_ref(ref))
+
+    async def file_chunks(self, entry: FileRow) -> AsyncIterator[bytes]:
+        """A file's bytes from the store, verified against its sha256 as they stream. The last
+        chunk is held back until the digest matches, so a corrupted file never arrives whole."""
+        it = _verified(self.store, entry, self.settings.chunk_bytes)
+        # Read one chunk ahead in a worker thread, so storage reads overlap network sends.
+        pending = asyncio.ensure_future(asyncio.to_thread(next, it, None))
+        try:
+            while (data := await pending) is not None:
+                pending = asyncio.ensure_future(asyncio.to_thread(next, it, None))
+                yield data
+        finally:
+            pending.cancel()
+
+    async def lineage(self, kind: int, ref: str) -> list[VersionRow]:
+        """The version, then each version its lineage names, breadth first, each once."""
+        start = await self.resolve(kind, ref)
+        chain, seen, queue = [start], {(start.kind, start.name, start.version)}, [start]
+        while queue:
+            row = queue.pop(0)
+            lineage = convert.version_to_proto(row).lineage
+            for field, ref_kind in LINEAGE_REFS.items():
+                value = getattr(lineage, field)
+                if not value:
+                    continue
+                try:
+                    found = await asyncio.to_thread(
+                        self.metadata.resolve, ref_kind, parse_ref(value)
+                    )
+                except NotFound:
+                    continue  # deleted since: the lineage still names it, the chain skips it
+                key = (found.kind, found.name, found.version)
+                if key not in seen:
+                    seen.add(key)
+                    chain.append(found)
+                    queue.append(found)
+        return chain
+
+    # --- manage -------------------------------------------------------------------------
+
+    async def set_alias(self, kind: int, name: str, alias: str, version: int):
+        check_name(name)
+        check_alias(alias)
+        if version < 1:
+            raise InvalidArgument("version must be 1 or more", param="version")
+        return await asyncio.to_thread(
+            self.metadata.set_alias, kind_name(kind), name, alias, version
+        )
+
+    async def delete_alias(self, kind: int, name: str, alias: str) -> None:
+        check_name(name)
+        await asyncio.to_thread(self.metadata.delete_alias, kind_name(kind), name, alias)
+
+    async def delete(self, kind: int, name: str, version: int, force: bool) -> None:
+        check_name(name)
+        if version < 0:
+            raise InvalidArgument("version must be 0 (all) or more", param="version")
+        await asyncio.to_thread(self.metadata.delete, kind_name(kind), name, version, force)
+
+
+async def _file_bytes(
+    chunks: AsyncIterator[registry_pb2.FileChunk], entry: registry_pb2.FileEntry
+) -> AsyncIterator[bytes]:
+    """The next ``entry.size_bytes`` bytes of the upload stream, which must all be chunks of
+    ``entry.path``: files arrive whole and in header order."""
+    left = entry.size_bytes
+    while left > 0:
+        chunk = await anext(chunks, None)
+        if chunk is None:
+            raise InvalidArgument(f"upload ended {left} bytes short of {entry.path}", param="chunk")
+        if chunk.path != entry.path:
+            raise InvalidArgument(
+                f"expected bytes of {entry.path}, got a chunk of {chunk.path!r}", param="chunk"
+            )
+        data = chunk.data  # each access of a bytes field copies it: once is enough
+        if len(data) > left:
+            raise InvalidArgument(
+                f"{entry.path}: more bytes than the {entry.size_bytes} declared", param="chunk"
+            )
+        left -= len(data)
+        yield data
+
+
+def _blocking(agen: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> Iterator[bytes]:
+    """Iterate an async generator from a worker thread, each step run on the event loop.
+    The caller closes ``agen`` on the loop: waiting for the loop here could deadlock when this
+    generator is finalized on the loop's own thread."""
+    while True:
+        try:
+            yield asyncio.run_coroutine_threadsafe(anext(agen), loop).result()
+        except StopAsyncIteration:
+            return
+
+
+def _verified(store: BlobStore, entry: FileRow, chunk_bytes: int) -> Iterator[bytes]:
+    digest, seen, held = hashlib.sha256(), 0, None
+    try:
+        source = store.get(blob_key(entry.sha256), chunk_bytes)
+    except NotFound:
+        raise DataLoss(f"{entry.path}: its blob {entry.sha256} is missing from storage") from None
+    for data in source:
+        digest.update(data)
+        seen += len(data)
+        if held is not None:
+            yield held
+        held = data
+    if seen != entry.size or digest.hexdigest() != entry.sha256:
+        log.error("corrupted blob %s for %s", entry.sha256, entry.path)
+        raise DataLoss(
+            f"{entry.path}: stored bytes do not match their sha256 {entry.sha256}; refusing to "
+            "serve them",
+            code="blob_corrupted",
+        )
+    if held is not None:
+        yield held

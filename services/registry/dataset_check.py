@@ -1,0 +1,162 @@
+"""Line-by-line check of a JSONL training dataset, in the spirit of OpenAI's fine-tuning data
+validator. Fed the file's bytes as they stream in; the first broken line fails the upload with
+an error that names the file, the 1-based line number and the rule, e.g.
+``train.jsonl line 3: assistant message is empty (rule: empty_assistant_message)``.
+
+Formats: chat ``{"messages": [...]}``, ``{"prompt": ..., "completion": ...}`` and plain
+``{"text": ...}`` for continued pretraining. One file holds one format.
+"""
+
+from __future__ import annotations
+
+import json
+
+from services.common.errors import InvalidArgument
+from services.common.stubs import registry_pb2
+
+ROLES = ("system", "user", "assistant", "tool")
+MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id"}
+FORMAT_NAMES = {
+    registry_pb2.DATASET_FORMAT_CHAT: "chat (messages)",
+    registry_pb2.DATASET_FORMAT_PROMPT_COMPLETION: "prompt/completion",
+    registry_pb2.DATASET_FORMAT_TEXT: "text",
+}
+
+
+class DatasetCheck:
+    def __init__(self, path: str, *, max_example_chars: int):
+        self.path = path
+        self.max_chars = max_example_chars
+        self.format = registry_pb2.DATASET_FORMAT_UNSPECIFIED
+        self.num_examples = 0
+        self._line = 0
+        self._format_line = 0
+        self._partial = bytearray()
+
+    def _fail(self, rule: str, why: str) -> InvalidArgument:
+        return InvalidArgument(f"{self.path} line {self._line}: {why} (rule: {rule})", param="file")
+
+    def feed(self, data: bytes) -> None:
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            if self._partial:
+                self._partial += data[start:end]
+                line, self._partial = bytes(self._partial), bytearray()
+            else:
+                line = data[start:end]
+            self._check_line(line)
+            start = end + 1
+        self._partial += data[start:]
+        # A line longer than any allowed example cannot pass; stop buffering it now. Bytes
+        # bound characters from above only loosely (UTF-8 is up to 4 bytes per char), hence x4.
+        if len(self._partial) > 4 * self.max_chars + 65536:
+            self._line += 1
+            raise self._fail(
+                "example_too_long", f"line is over the limit of {self.max_chars} characters"
+            )
+
+    def finish(self) -> None:
+        if self._partial:
+            line, self._partial = bytes(self._partial), bytearray()
+            self._check_line(line)
+        if self.num_examples == 0:
+            raise InvalidArgument(f"{self.path}: no examples (rule: no_examples)", param="file")
+
+    def _check_line(self, raw: bytes) -> None:
+        self._line += 1
+        if not raw.strip():
+            return  # blank lines, such as a trailing newline, are not examples
+        try:
+            record = json.loads(raw)
+        except UnicodeDecodeError:
+            raise self._fail("invalid_utf8", "line is not valid UTF-8") from None
+        except ValueError as exc:
+            raise self._fail("invalid_json", f"invalid JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise self._fail("not_an_object", "each line must be a JSON object")
+        fmt = _format_of(record)
+        if fmt == registry_pb2.DATASET_FORMAT_UNSPECIFIED:
+            raise self._fail(
+                "missing_messages",
+                "no 'messages' (chat), 'prompt'+'completion' or 'text' field",
+            )
+        if self.format == registry_pb2.DATASET_FORMAT_UNSPECIFIED:
+            self.format, self._format_line = fmt, self._line
+        elif fmt != self.format:
+            raise self._fail(
+                "mixed_formats",
+                f"{FORMAT_NAMES[fmt]} record in a {FORMAT_NAMES[self.format]} file "
+                f"(format set by line {self._format_line})",
+            )
+        if fmt == registry_pb2.DATASET_FORMAT_CHAT:
+            chars = self._check_chat(record["messages"])
+        elif fmt == registry_pb2.DATASET_FORMAT_PROMPT_COMPLETION:
+            chars = self._check_prompt_completion(record)
+        else:
+            chars = self._check_text(record["text"])
+        if chars > self.max_chars:
+            raise self._fail(
+                "example_too_long",
+                f"example is {chars} characters, over the limit of {self.max_chars}",
+            )
+        self.num_examples += 1
+
+    def _check_chat(self, messages) -> int:
+        if not isinstance(messages, list) or not messages:
+            raise self._fail("messages_not_list", "'messages' must be a non-empty list")
+        chars, has_assistant = 0, False
+        for i, msg in enumerate(messages, start=1):
+            if not isinstance(msg, dict):
+                raise self._fail("message_not_object", f"message {i} is not an object")
+            unknown = sorted(set(msg) - MESSAGE_KEYS)
+            if unknown:
+                raise self._fail(
+                    "message_unrecognized_key", f"message {i} has unrecognized key(s) {unknown}"
+                )
+            role = msg.get("role")
+            if role not in ROLES:
+                raise self._fail(
+                    "bad_role", f"message {i} has role {role!r}; expected one of {list(ROLES)}"
+                )
+            content = msg.get("content")
+            if role == "assistant":
+                has_assistant = True
+                if content is None and msg.get("tool_calls"):
+                    continue  # a tool call turn carries no text
+                if isinstance(content, str) and not content.strip():
+                    raise self._fail("empty_assistant_message", f"message {i} (assistant) is empty")
+            if not isinstance(content, str):
+                raise self._fail(
+                    "non_string_content",
+                    f"message {i} ({role}) content must be a string, got "
+                    f"{type(content).__name__ if content is not None else 'nothing'}",
+                )
+            chars += len(content)
+        if not has_assistant:
+            raise self._fail("no_assistant_message", "no assistant message to learn from")
+        return chars
+
+    def _check_prompt_completion(self, record: dict) -> int:
+        prompt, completion = record.get("prompt"), record.get("completion")
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise self._fail("non_string_content", "'prompt' and 'completion' must both be strings")
+        if not completion.strip():
+            raise self._fail("empty_completion", "'completion' is empty")
+        return len(prompt) + len(completion)
+
+    def _check_text(self, text) -> int:
+        if not isinstance(text, str):
+            raise self._fail("non_string_content", "'text' must be a string")
+        if not text.strip():
+            raise self._fail("empty_text", "'text' is empty")
+        return len(text)
+
+
+def _format_of(record: dict) -> int:
+    if "messages" in record:
+        return registry_pb2.DATASET_FORMAT_CHAT
+    if "prompt" in record or "completion" in record:
+        return registry_pb2.DATASET_FORMAT_PROMPT_COMPLETION
+    if "text" in record:
+        return registry_pb2.DATASET_FORMAT_TEXT
+    return registry_pb2.DATASET_FORMAT_UNSPECIFIED

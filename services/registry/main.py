@@ -1,0 +1,90 @@
+"""Entry point: ``python -m services.registry`` (or ``tuneplex serve registry``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from grpc_health.v1 import health_pb2
+from pydantic import ValidationError
+
+from services.common.errors import InvalidArgument, TuneplexError
+from services.common.grpc_server import build_server
+from services.common.logs import configure_logging
+from services.common.metrics import start_metrics_server
+from services.registry.artifacts import ArtifactRegistry
+from services.registry.gc import run_gc_forever
+from services.registry.metadata import MetadataStore
+from services.registry.service import SERVICE_NAME, RegistryServicer, add_to_server
+from services.registry.settings import RegistrySettings
+from services.registry.storage import BlobStore, LocalBlobStore, S3BlobStore
+
+log = logging.getLogger("services.registry")
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def build_store(settings: RegistrySettings) -> BlobStore:
+    if settings.storage == "s3":
+        try:
+            return S3BlobStore(
+                endpoint=settings.s3_endpoint,
+                bucket=settings.s3_bucket,
+                access_key=settings.s3_access_key or "",
+                secret_key=settings.s3_secret_key.get_secret_value()
+                if settings.s3_secret_key
+                else "",
+                secure=settings.s3_secure,
+                region=settings.s3_region,
+                prefix=settings.s3_prefix,
+            )
+        except ValueError as exc:  # the SDK's verdict on an endpoint or bucket name
+            raise InvalidArgument(f"S3 settings: {exc}") from None
+    return LocalBlobStore(settings.resolved_blob_dir())
+
+
+async def serve(settings: RegistrySettings) -> None:
+    store = await asyncio.to_thread(build_store, settings)
+    metadata = MetadataStore(settings.resolved_db_path())
+    registry = ArtifactRegistry(settings, store, metadata)
+    server, port, health = await build_server(
+        host=settings.host,
+        port=settings.port,
+        api_key=settings.api_key_value(),
+        register=[add_to_server(RegistryServicer(registry))],
+        service_names=[SERVICE_NAME],
+    )
+    start_metrics_server(settings.metrics_port, settings.host)
+    log.info("registry serving on %s:%d (storage: %s)", settings.host, port, settings.storage)
+    gc_task = asyncio.create_task(
+        run_gc_forever(store, metadata, settings.gc_grace_seconds, settings.gc_interval_seconds)
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down: finishing RPCs in flight (up to %.0fs)", SHUTDOWN_GRACE_SECONDS)
+    await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(SHUTDOWN_GRACE_SECONDS)
+    gc_task.cancel()
+    metadata.close()
+    log.info("registry stopped")
+
+
+def main() -> None:
+    try:
+        settings = RegistrySettings()
+    except ValidationError as exc:
+        print(f"registry: invalid settings: {exc}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(settings.log_level, settings.log_json)
+    try:
+        asyncio.run(serve(settings))
+    except TuneplexError as exc:  # storage unreachable or misconfigured at startup
+        log.error("registry cannot start: %s", exc.message)
+        sys.exit(2 if isinstance(exc, InvalidArgument) else 1)

@@ -1,0 +1,226 @@
+"""What may be published: the rules per kind, checked as the files stream in.
+
+``plan_upload`` checks the header before a single byte is stored (names, paths, pickles,
+required files, size limit) and returns one checker per file; ``UploadPlan.info()`` then turns
+what the checkers saw into the version's kind-specific facts once every file has arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.stubs import registry_pb2
+from services.registry.dataset_check import DatasetCheck
+from services.registry.names import check_file_path, check_name, is_pickle, kind_name
+from services.registry.safetensors_check import SafetensorsCheck
+
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MAX_FILES = 10_000
+MAX_JSON_BYTES = 4 * 1024 * 1024
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class JsonCapture:
+    """Keeps a small JSON file (a config) in memory to parse once it is complete."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._buf = bytearray()
+        self.value: dict = {}
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) > MAX_JSON_BYTES:
+            raise InvalidArgument(f"{self.path}: over {MAX_JSON_BYTES} bytes", param="files")
+
+    def finish(self) -> None:
+        try:
+            value = json.loads(self._buf)
+        except ValueError as exc:
+            raise InvalidArgument(f"{self.path}: invalid JSON ({exc})", param="files") from None
+        if not isinstance(value, dict):
+            raise InvalidArgument(f"{self.path}: expected a JSON object", param="files")
+        self.value = value
+
+
+class NoCheck:
+    def feed(self, data: bytes) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+Check = JsonCapture | SafetensorsCheck | DatasetCheck | NoCheck
+
+
+@dataclass
+class UploadPlan:
+    kind: str
+    header: registry_pb2.UploadHeader
+    checks: dict[str, Check]
+    info: Callable[[], registry_pb2.AdapterInfo | registry_pb2.DatasetInfo | registry_pb2.ModelInfo]
+    # For adapters: the base model the upload names (header, else adapter_config.json).
+    base_model_hint: Callable[[], str] = field(default=lambda: "")
+
+
+def plan_upload(
+    header: registry_pb2.UploadHeader, *, max_upload_bytes: int, max_example_chars: int
+) -> UploadPlan:
+    kind = kind_name(header.kind)
+    check_name(header.name)
+    files = list(header.files)
+    if not files:
+        raise InvalidArgument("an upload needs at least one file", param="files")
+    if len(files) > MAX_FILES:
+        raise InvalidArgument(f"too many files ({len(files)} > {MAX_FILES})", param="files")
+    seen: set[str] = set()
+    total = 0
+    for f in files:
+        check_file_path(f.path)
+        if f.path in seen:
+            raise InvalidArgument(f"file {f.path!r} listed twice", param="files")
+        seen.add(f.path)
+        if is_pickle(f.path):
+            raise InvalidArgument(
+                f"{f.path}: pickle files (.bin, .pt, .pkl, ...) can run code when loaded and are "
+                "refused; save weights as .safetensors",
+                param="files",
+                code="pickle_refused",
+            )
+        if f.size_bytes < 0 or not SHA256_RE.fullmatch(f.sha256):
+            raise InvalidArgument(
+                f"{f.path}: every file needs its size and lower-case hex sha256", param="files"
+            )
+        total += f.size_bytes
+    if total > max_upload_bytes:
+        raise ResourceExhausted(
+            f"upload is {total} bytes, over the limit of {max_upload_bytes} bytes",
+            param="files",
+            code="upload_too_large",
+        )
+    if kind == "dataset":
+        return _plan_dataset(header, files, max_example_chars)
+    if kind == "adapter":
+        return _plan_adapter(header, files)
+    return _plan_model(header, files)
+
+
+def _plan_dataset(header, files, max_example_chars: int) -> UploadPlan:
+    for f in files:
+        if not f.path.endswith(".jsonl"):
+            raise InvalidArgument(f"{f.path}: a dataset holds .jsonl files only", param="files")
+    checks = {f.path: DatasetCheck(f.path, max_example_chars=max_example_chars) for f in files}
+
+    def info() -> registry_pb2.DatasetInfo:
+        formats = {c.format for c in checks.values()}
+        if len(formats) > 1:
+            raise InvalidArgument("all files of a dataset must share one format", param="files")
+        return registry_pb2.DatasetInfo(
+            format=formats.pop(), num_examples=sum(c.num_examples for c in checks.values())
+        )
+
+    return UploadPlan("dataset", header, dict(checks), info)
+
+
+def _plan_adapter(header, files) -> UploadPlan:
+    paths = {f.path: f for f in files}
+    for required in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if required not in paths:
+            raise InvalidArgument(
+                f"not a PEFT adapter folder: {required} is missing", param="files"
+            )
+    config = JsonCapture(ADAPTER_CONFIG)
+    weights = SafetensorsCheck(
+        ADAPTER_WEIGHTS, paths[ADAPTER_WEIGHTS].size_bytes, check_finite=True
+    )
+    checks: dict[str, Check] = {p: _default_check(p, f.size_bytes) for p, f in paths.items()}
+    checks[ADAPTER_CONFIG], checks[ADAPTER_WEIGHTS] = config, weights
+
+    def info() -> registry_pb2.AdapterInfo:
+        adapter = adapter_info(config.value)
+        if not any("lora_" in n for n in weights.tensor_names):
+            raise InvalidArgument(
+                f"{ADAPTER_WEIGHTS} holds no LoRA tensors (lora_A/lora_B)", param="files"
+            )
+        return adapter
+
+    def base_model_hint() -> str:
+        return header.base_model or str(config.value.get("base_model_name_or_path") or "")
+
+    return UploadPlan("adapter", header, checks, info, base_model_hint)
+
+
+def adapter_info(cfg: dict) -> registry_pb2.AdapterInfo:
+    """Parse the facts the gateway and trainer rely on from an adapter_config.json."""
+
+    def bad(why: str) -> InvalidArgument:
+        return InvalidArgument(f"{ADAPTER_CONFIG}: {why}", param="files")
+
+    peft_type = cfg.get("peft_type")
+    if peft_type != "LORA":
+        raise bad(f"peft_type is {peft_type!r}; only LoRA (and DoRA) adapters are served")
+    rank, alpha = cfg.get("r"), cfg.get("lora_alpha")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise bad(f"'r' must be a positive integer, got {rank!r}")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
+        raise bad(f"'lora_alpha' must be a positive number, got {alpha!r}")
+    targets = cfg.get("target_modules")
+    if isinstance(targets, str):
+        targets = [targets]  # PEFT allows one regex string
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise bad("'target_modules' must be a non-empty list of module names")
+    to_save = cfg.get("modules_to_save") or []
+    if not isinstance(to_save, list) or not all(isinstance(m, str) for m in to_save):
+        raise bad("'modules_to_save' must be a list of module names")
+    flags = {}
+    for key in ("use_dora", "use_rslora"):
+        value = cfg.get(key) or False
+        if not isinstance(value, bool):
+            raise bad(f"'{key}' must be true or false")
+        flags[key] = value
+    return registry_pb2.AdapterInfo(
+        peft_type=peft_type,
+        rank=rank,
+        alpha=float(alpha),
+        target_modules=sorted(targets),
+        modules_to_save=to_save,
+        task_type=str(cfg.get("task_type") or ""),
+        **flags,
+    )
+
+
+def _plan_model(header, files) -> UploadPlan:
+    paths = {f.path: f for f in files}
+    if "config.json" not in paths:
+        raise InvalidArgument(
+            "not a Hugging Face model folder: config.json is missing", param="files"
+        )
+    if not any(p.endswith(".safetensors") for p in paths):
+        raise InvalidArgument("a model needs its weights as .safetensors files", param="files")
+    config = JsonCapture("config.json")
+    checks: dict[str, Check] = {p: _default_check(p, f.size_bytes) for p, f in paths.items()}
+    checks["config.json"] = config
+
+    def info() -> registry_pb2.ModelInfo:
+        arch = config.value.get("architectures") or [""]
+        dtype = config.value.get("torch_dtype") or config.value.get("dtype") or ""
+        return registry_pb2.ModelInfo(
+            architecture=str(arch[0]), source=header.source, dtype=str(dtype)
+        )
+
+    return UploadPlan("model", header, checks, info)
+
+
+def _default_check(path: str, size: int) -> Check:
+    # Model weights get their header and offsets checked; scanning every value of a multi-GB
+    # model for NaN would cost more than it catches (exports are checked by the exporter).
+    if PurePosixPath(path).suffix == ".safetensors":
+        return SafetensorsCheck(path, size, check_finite=False)
+    return NoCheck()

@@ -1,0 +1,204 @@
+"""Peak-memory estimate of a training job, before it is queued.
+
+Terms, per training device:
+- base weights: parameters x bytes of the load dtype (4-bit for qlora: 0.5 byte + ~6% for the
+  quantization constants);
+- trainable weights, gradients and AdamW states: LoRA matrices (or every parameter for full
+  fine-tuning) held in fp32 with fp32 gradients and two fp32 moments (m, v); full fine-tuning in
+  mixed precision is the classic 16 bytes/parameter (2 half weights + 2 half grads + 4 master +
+  8 moments, ZeRO paper, Rajbhandari et al. 2020);
+- activations: per layer s*b*h*(34 + 5*a*s/h) bytes in 16-bit (Korthikanti et al. 2022, "Reducing
+  Activation Recomputation"), doubled in fp32; with gradient checkpointing only each layer's
+  input (2*s*b*h) is kept plus one layer recomputed;
+- logits: b*s*vocab in fp32, twice (logits and their gradient), since the loss is computed in fp32;
+- multi-GPU: model states from DeepSpeed's ``estimate_zero2/3_model_states_mem_needs`` (no
+  offload) applied to the trainable parameters, frozen weights replicated (ZeRO-2) or sharded
+  (ZeRO-3);
+- a fixed framework overhead (CUDA context / Python + torch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from services.common.errors import FailedPrecondition
+from services.trainer.device import DeviceInfo
+from services.trainer.spec import TrainingConfig
+
+GIB = 1024**3
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+NF4_BYTES = 0.5 * 1.0625
+CUDA_OVERHEAD = int(0.75 * GIB)
+CPU_OVERHEAD = int(1.0 * GIB)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions of a decoder-only transformer, read from its ``config.json``."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied_embeddings: bool
+
+    @classmethod
+    def from_config(cls, config: dict) -> ModelShape:
+        hidden = config["hidden_size"]
+        heads = config["num_attention_heads"]
+        return cls(
+            hidden=hidden,
+            layers=config["num_hidden_layers"],
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or hidden // heads,
+            intermediate=config.get("intermediate_size") or 4 * hidden,
+            vocab=config["vocab_size"],
+            tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+
+    def linear_layers(self) -> list[tuple[str, int, int]]:
+        """(name, in_features, out_features) of one decoder layer's linear modules."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        h, i = self.hidden, self.intermediate
+        return [
+            ("q_proj", h, q),
+            ("k_proj", h, kv),
+            ("v_proj", h, kv),
+            ("o_proj", q, h),
+            ("gate_proj", h, i),
+            ("up_proj", h, i),
+            ("down_proj", i, h),
+        ]
+
+    def layer_params(self) -> int:
+        return sum(a * b for _, a, b in self.linear_layers()) + 2 * self.hidden
+
+    def total_params(self) -> int:
+        embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+        return self.layers * self.layer_params() + embeddings + self.hidden
+
+    def lora_params(self, r: int, targets: tuple[str, ...]) -> int:
+        wanted = (
+            {name for name, _, _ in self.linear_layers()}
+            if "all-linear" in targets
+            else set(targets)
+        )
+        per_layer = sum(r * (a + b) for name, a, b in self.linear_layers() if name in wanted)
+        return self.layers * per_layer
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    terms: tuple[tuple[str, int], ...]
+    available_bytes: int
+    device: str
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(b for _, b in self.terms)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.available_bytes
+
+
+def activation_bytes(config: TrainingConfig, shape: ModelShape, batch: int) -> int:
+    s, b, h, a = config.max_seq_length, batch, shape.hidden, shape.heads
+    scale = 2 if config.precision == "fp32" else 1  # the formula counts 16-bit activations
+    full_layer = s * b * h * (34 + 5 * a * s / h) * scale
+    if config.gradient_checkpointing:
+        per_model = shape.layers * 2 * s * b * h * scale + full_layer
+    else:
+        per_model = shape.layers * full_layer
+    return int(per_model)
+
+
+def estimate_memory(
+    config: TrainingConfig, shape: ModelShape, device: DeviceInfo, *, batch: int | None = None
+) -> MemoryEstimate:
+    batch = batch or config.batch_size
+    total = shape.total_params()
+    gpus = max(1, config.num_gpus)
+    if config.is_adapter:
+        trainable = shape.lora_params(config.lora_r, config.target_modules)
+        if config.method == "dora":
+            # DoRA adds one magnitude vector per adapted module (out_features each).
+            trainable += shape.layers * sum(o for _, _, o in shape.linear_layers())
+        frozen_bytes = total * (
+            NF4_BYTES if config.method == "qlora" else DTYPE_BYTES[config.precision]
+        )
+        state_bytes_per_param = 16  # fp32 weight + fp32 grad + fp32 m + fp32 v
+    else:
+        trainable, frozen_bytes = total, 0
+        state_bytes_per_param = 16
+    if gpus > 1 and config.zero_stage == 3:
+        largest_layer = max(shape.layer_params(), shape.vocab * shape.hidden)
+        states = 4 * largest_layer + 18 * trainable / gpus  # DeepSpeed ZeRO-3, no offload
+        frozen_bytes /= gpus
+    elif gpus > 1:
+        states = 4 * trainable + 16 * trainable / gpus  # DeepSpeed ZeRO-2, no offload
+    else:
+        states = state_bytes_per_param * trainable
+    logits = 2 * batch * config.max_seq_length * shape.vocab * 4
+    terms = (
+        ("base_weights", int(frozen_bytes)),
+        ("trainable_weights_gradients_optimizer", int(states)),
+        ("activations", activation_bytes(config, shape, batch)),
+        ("logits", logits),
+        ("framework_overhead", CUDA_OVERHEAD if device.cuda else CPU_OVERHEAD),
+    )
+    return MemoryEstimate(terms=terms, available_bytes=device.memory_bytes, device=device.name)
+
+
+def require_fit(config: TrainingConfig, shape: ModelShape, device: DeviceInfo) -> MemoryEstimate:
+    """The estimate, or ``FailedPrecondition`` saying how many GiB are missing and what to
+    lower."""
+    est = estimate_memory(config, shape, device)
+    if est.fits:
+        return est
+    over = (est.peak_bytes - est.available_bytes) / GIB
+    biggest = max(est.terms, key=lambda t: t[1])[0]
+    fitting_batch = next(
+        (
+            b
+            for b in _halvings(config.batch_size)
+            if estimate_memory(config, shape, device, batch=b).fits
+        ),
+        None,
+    )
+    if fitting_batch:
+        advice = (
+            f"lower batch_size to {fitting_batch} (raise gradient_accumulation_steps to keep the "
+            f"effective batch), lower max_seq_length, or turn on gradient_checkpointing"
+        )
+        param = "training.hyperparameters.batch_size"
+    elif biggest in ("activations", "logits"):
+        advice = "lower max_seq_length, and turn on gradient_checkpointing with batch_size 1"
+        param = "training.hyperparameters.max_seq_length"
+    else:
+        advice = "use a smaller base model, method lora/qlora instead of full, or more GPUs"
+        param = "training.method"
+    raise FailedPrecondition(
+        f"the job needs an estimated {est.peak_bytes / GIB:.1f} GiB but {est.device} has "
+        f"{est.available_bytes / GIB:.1f} GiB ({over:.1f} GiB short; largest term: {biggest}); "
+        f"{advice}",
+        param=param,
+        code="out_of_memory",
+    )
+
+
+def _halvings(batch: int) -> list[int]:
+    out, b = [], batch // 2
+    while b >= 1:
+        out.append(b)
+        b //= 2
+    return out
+
+
+def gib(value: int) -> float:
+    return math.floor(value / GIB * 100) / 100

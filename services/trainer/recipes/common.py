@@ -1,0 +1,290 @@
+"""What every recipe shares: its config file, the event channel to the service, model loading,
+atomic checkpoints, the training report and the loss curve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+from transformers import TrainerCallback
+
+from services.common.errors import TuneplexError
+from services.trainer.checkpoints import clear_staging, commit_checkpoint, latest_checkpoint
+from services.trainer.recipes.report import write_report
+from services.trainer.spec import TrainingConfig
+
+# The worker's stdout carries events as lines with this prefix; everything else is log.
+EVENT_PREFIX = "@@tuneplex-event "
+EXIT_DOMAIN_ERROR = 3  # the job is wrong, retrying cannot help
+
+
+class RecipeConfig(BaseModel):
+    """A recipe's input: the validated spec and local files (the worker fills these in from the
+    registry; by hand they are any HF model folder and JSONL files)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    training: TrainingConfig
+    model_dir: Path
+    train_file: Path
+    eval_file: Path | None = None
+    # Checkpoints live beside the output folder unless set; resume picks the newest complete one.
+    checkpoint_dir: Path | None = None
+    # DeepSpeed ZeRO config of a multi-GPU launch (written by the local runner).
+    deepspeed_config: Path | None = None
+    report: dict = {}
+
+    def checkpoints(self, output: Path) -> Path:
+        return self.checkpoint_dir or output.with_name(output.name + "-checkpoints")
+
+
+def emit(kind: str, **fields) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
+    print(EVENT_PREFIX + json.dumps({"type": kind, **fields}), flush=True)
+
+
+def recipe_main(run) -> None:
+    """``python -m services.trainer.recipes.<name> --config job.json --output DIR``."""
+    parser = argparse.ArgumentParser(description=run.__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="RecipeConfig JSON file")
+    parser.add_argument("--output", type=Path, required=True, help="folder for the result")
+    args = parser.parse_args()
+    config = RecipeConfig.model_validate_json(args.config.read_text())
+    try:
+        run(config, args.output)
+    except TuneplexError as exc:
+        emit(
+            "failed",
+            code=exc.code or type(exc).__name__,
+            message=exc.message,
+            param=exc.param or "",
+        )
+        sys.exit(EXIT_DOMAIN_ERROR)
+
+
+def torch_dtype(config: TrainingConfig):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
+
+
+def load_model(config: TrainingConfig, model_dir: Path):
+    """The base model in the spec's precision (4-bit NF4 for qlora), wrapped in PEFT for
+    adapters."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": torch_dtype(config)}
+    if config.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    if config.num_gpus == 1 and torch.cuda.is_available():
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if not config.is_adapter:
+        return model
+    if config.method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.gradient_checkpointing
+        )
+    targets = "all-linear" if "all-linear" in config.target_modules else list(config.target_modules)
+    peft_config = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        use_rslora=config.use_rslora,
+        use_dora=config.method == "dora",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def make_optimizer(config: TrainingConfig, model):
+    """LoRA+ (B learns ``ratio`` times faster than A) when asked; else the Trainer's AdamW."""
+    if not (config.is_adapter and config.loraplus_lr_ratio):
+        return None
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(
+        model,
+        torch.optim.AdamW,
+        lr=config.learning_rate,
+        loraplus_lr_ratio=config.loraplus_lr_ratio,
+        weight_decay=config.weight_decay,
+    )
+
+
+def sft_args(
+    config: TrainingConfig,
+    staging: Path,
+    *,
+    has_eval: bool,
+    packing: bool,
+    deepspeed: Path | None = None,
+):
+    """SFTConfig from the spec. ``staging`` receives checkpoints before their atomic commit."""
+    from trl import SFTConfig
+
+    eval_strategy = ("steps" if config.eval_steps else "epoch") if has_eval else "no"
+    return SFTConfig(
+        output_dir=str(staging),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of total steps
+        weight_decay=config.weight_decay,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        gradient_checkpointing=config.gradient_checkpointing,
+        max_length=config.max_seq_length,
+        packing=packing,
+        neftune_noise_alpha=config.neftune_noise_alpha or None,
+        bf16=config.precision == "bf16",
+        fp16=config.precision == "fp16",
+        seed=config.seed,
+        data_seed=config.seed,
+        eval_strategy=eval_strategy,
+        eval_steps=config.eval_steps or None,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        metric_for_best_model="eval_loss" if config.early_stopping_patience else None,
+        logging_steps=1,
+        logging_first_step=True,
+        include_num_input_tokens_seen="non_padding",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=config.num_gpus == 0,
+        deepspeed=str(deepspeed) if deepspeed else None,
+        # Our own callback commits checkpoints atomically; the Trainer's rotation would race it.
+        save_total_limit=None,
+    )
+
+
+class EventCallback(TrainerCallback):
+    """Turns Trainer logs into progress/eval events; commits checkpoints atomically."""
+
+    def __init__(self, staging: Path, checkpoint_dir: Path):
+        self.staging, self.checkpoint_dir = staging, checkpoint_dir
+        self.started = time.monotonic()
+        self.first_step = 0
+        self.first_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+        self.first_step = state.global_step
+        self.first_tokens = state.num_input_tokens_seen
+        emit("state", state="RUNNING", message=f"training from step {state.global_step}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not args.should_log or not logs:
+            return
+        if "loss" in logs:
+            elapsed = max(time.monotonic() - self.started, 1e-6)
+            done = state.global_step - self.first_step
+            eta = elapsed / done * (state.max_steps - state.global_step) if done else 0.0
+            emit(
+                "progress",
+                step=state.global_step,
+                total_steps=state.max_steps,
+                epoch=state.epoch or 0.0,
+                loss=logs["loss"],
+                learning_rate=logs.get("learning_rate", 0.0),
+                grad_norm=logs.get("grad_norm", 0.0),
+                tokens_per_second=(state.num_input_tokens_seen - self.first_tokens) / elapsed,
+                eta_seconds=eta,
+            )
+        evals = {k: float(v) for k, v in logs.items() if k.startswith("eval_")}
+        if evals:
+            emit("eval", step=state.global_step, metrics=evals)
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:
+            return
+        staged = self.staging / f"checkpoint-{state.global_step}"
+        final = commit_checkpoint(staged, self.checkpoint_dir)
+        size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
+        emit("checkpoint", step=state.global_step, size_bytes=size)
+
+
+def prepare_checkpoints(checkpoint_dir: Path) -> tuple[Path, str | None]:
+    """The staging folder (emptied) and the checkpoint to resume from, if any."""
+    staging = checkpoint_dir / "_staging"
+    clear_staging(staging)
+    last = latest_checkpoint(checkpoint_dir)
+    if last:
+        emit("log", message=f"resuming from checkpoint at step {last.step}")
+    return staging, str(last.path) if last else None
+
+
+def fit(
+    config: RecipeConfig,
+    output: Path,
+    model,
+    tokenizer,
+    train_rows: list[dict],
+    eval_rows: list[dict] | None,
+    *,
+    packing: bool,
+) -> dict:
+    """Train with TRL's SFTTrainer from the newest complete checkpoint, save, report."""
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
+
+    started = time.monotonic()
+    t = config.training
+    checkpoint_dir = config.checkpoints(output)
+    staging, resume = prepare_checkpoints(checkpoint_dir)
+    events = EventCallback(staging, checkpoint_dir)
+    callbacks: list = [events]
+    if t.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_args(
+            t, staging, has_eval=bool(eval_rows), packing=packing, deepspeed=config.deepspeed_config
+        ),
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        optimizers=(make_optimizer(t, model), None),
+    )
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    if eval_rows and not any("eval_loss" in h for h in trainer.state.log_history[-3:]):
+        trainer.evaluate()  # the report's eval loss is that of the final weights
+    output.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(output))
+    tokenizer.save_pretrained(str(output))
+    # A pickle: the registry refuses it, and nothing downstream needs the Trainer's arguments.
+    (output / "training_args.bin").unlink(missing_ok=True)
+    tokens = trainer.state.num_input_tokens_seen - events.first_tokens
+    report = write_report(
+        config,
+        output,
+        trainer,
+        train_output,
+        tokens_seen=tokens,
+        started=started,
+        first_step=events.first_step,
+    )
+    emit("result", metrics=report["metrics"])
+    return report

@@ -1,0 +1,128 @@
+"""What a finished run leaves beside its weights: ``training_report.json`` (base model,
+hyper-parameters, dataset sha256, hardware, peak memory, wall time, tokens/s, final losses and
+token accuracy) and ``loss_curve.png``."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+from services.trainer.recipes.chat_data import sha256_file
+
+
+def peak_memory_bytes() -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def hardware() -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {
+            "device": torch.cuda.get_device_name(0),
+            "gpus": torch.cuda.device_count(),
+            "torch": torch.__version__,
+        }
+    return {
+        "device": "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def final_metrics(log_history: list[dict], train_output) -> dict[str, float]:
+    train = [h for h in log_history if "loss" in h]
+    evals = [h for h in log_history if "eval_loss" in h]
+    metrics = {
+        "first_train_loss": float(train[0]["loss"]) if train else float("nan"),
+        "train_loss": float(train[-1]["loss"]) if train else float("nan"),
+        "train_runtime_loss": float(train_output.training_loss),
+    }
+    if train and "mean_token_accuracy" in train[-1]:
+        metrics["token_accuracy"] = float(train[-1]["mean_token_accuracy"])
+    if evals:
+        metrics["eval_loss"] = float(evals[-1]["eval_loss"])
+        if "eval_mean_token_accuracy" in evals[-1]:
+            metrics["eval_token_accuracy"] = float(evals[-1]["eval_mean_token_accuracy"])
+    return metrics
+
+
+def write_loss_curve(log_history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def steady_tokens_per_second(log_history: list[dict], after_step: int = 0) -> float:
+    """Tokens/s from the first logged step to the last (the first step's one-off warm-up
+    excluded), from the Trainer's cumulative per-log ``train_runtime`` and token counts."""
+    logs = [
+        h
+        for h in log_history
+        if "loss" in h and "train_runtime" in h and h.get("step", 0) > after_step
+    ]
+    if len(logs) < 2:
+        return 0.0
+    seconds = float(logs[-1]["train_runtime"]) - float(logs[0]["train_runtime"])
+    tokens = logs[-1]["num_input_tokens_seen"] - logs[0]["num_input_tokens_seen"]
+    return tokens / seconds if seconds > 0 else 0.0
+
+
+def write_report(
+    config,
+    output: Path,
+    trainer,
+    train_output,
+    *,
+    tokens_seen: int,
+    started: float,
+    first_step: int = 0,
+) -> dict:
+    """``training_report.json`` + ``loss_curve.png`` beside the saved weights."""
+    wall = time.monotonic() - started
+    runtime = train_output.metrics.get("train_runtime") or wall
+    metrics = final_metrics(trainer.state.log_history, train_output)
+    metrics["tokens_per_second"] = tokens_seen / runtime if runtime else 0.0
+    metrics["steady_tokens_per_second"] = steady_tokens_per_second(
+        trainer.state.log_history, first_step
+    )
+    metrics["peak_memory_bytes"] = float(peak_memory_bytes())
+    metrics["wall_time_seconds"] = wall
+    report = {
+        **config.report,
+        "base_model": config.report.get("base_model", config.training.base_model),
+        "method": config.training.method,
+        "hyperparameters": config.training.model_dump(mode="json"),
+        "dataset_sha256": sha256_file(config.train_file),
+        "validation_dataset_sha256": sha256_file(config.eval_file) if config.eval_file else None,
+        "hardware": hardware(),
+        "steps": trainer.state.global_step,
+        "metrics": metrics,
+    }
+    (output / "training_report.json").write_text(json.dumps(report, indent=2, default=str))
+    write_loss_curve(trainer.state.log_history, output / "loss_curve.png")
+    return report

@@ -1,0 +1,38 @@
+"""What the service needs of a runner: start a worker attempt, read its events, stop it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+from services.trainer.recipes.common import EVENT_PREFIX
+
+
+class WorkerHandle(Protocol):
+    def events(self) -> AsyncIterator[dict]:
+        """Event dicts from the worker until it exits."""
+
+    async def wait(self) -> int:
+        """Exit code (negative: killed by that signal)."""
+
+    async def stop(self, grace_seconds: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace_seconds``."""
+
+
+class Runner(Protocol):
+    async def start(
+        self, job_id: str, job_dir: Path, num_gpus: int, zero_stage: int, attempt: int = 1
+    ) -> WorkerHandle: ...
+
+
+def parse_event_line(line: str) -> dict | None:
+    """The event a worker stdout line carries, or None for a plain log line."""
+    if not line.startswith(EVENT_PREFIX):
+        return None
+    try:
+        event = json.loads(line[len(EVENT_PREFIX) :])
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and "type" in event else None

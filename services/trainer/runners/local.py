@@ -1,0 +1,124 @@
+"""Local runner: each job attempt is a subprocess in its own process group.
+
+One device: ``python -m services.trainer.worker``. More than one GPU: the same module under
+``torchrun --nproc_per_node N`` with a generated DeepSpeed ZeRO-2/3 config. The group is what
+cancel signals, so torchrun's ranks stop with it. The worker is also bound to the service with
+PR_SET_PDEATHSIG: if the service dies, its workers die too and the restarted service resumes
+them from their last checkpoint, instead of leaving orphans nobody reads. The worker sets
+that itself at start (``bind_to_parent``): a ``preexec_fn`` would run Python between fork and
+exec in a process full of gRPC threads, which aborts the child now and then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from services.trainer.runners.base import parse_event_line
+from services.trainer.runners.deepspeed import write_zero_config
+
+PR_SET_PDEATHSIG = 1
+PARENT_PID_ENV = "TUNEPLEX_WORKER_PARENT_PID"
+
+
+def bind_to_parent() -> None:
+    """In the worker: get SIGKILL when the process that started it dies (Linux only)."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The service may have died before prctl: then nobody reads us. (Under torchrun the parent
+    # is torchrun, so only a direct child checks.)
+    if "RANK" not in os.environ and os.getppid() != int(parent):
+        os._exit(1)
+
+
+def worker_command(job_dir: Path, num_gpus: int, zero_stage: int) -> list[str]:
+    worker = ["-m", "services.trainer.worker", "--job-dir", str(job_dir)]
+    if num_gpus <= 1:
+        return [sys.executable, *worker]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={num_gpus}",
+        *worker,
+    ]
+
+
+class LocalWorker:
+    def __init__(self, process: asyncio.subprocess.Process, log_path: Path):
+        self.process = process
+        self.log_path = log_path
+
+    async def events(self) -> AsyncIterator[dict]:
+        assert self.process.stdout is not None
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            async for raw in self.process.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                event = parse_event_line(line)
+                if event is None:
+                    log.write(line + "\n")
+                    log.flush()
+                else:
+                    yield event
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    async def stop(self, grace_seconds: float) -> None:
+        pid = self.process.pid
+        for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+            try:
+                await asyncio.wait_for(self.process.wait(), wait)
+                return
+            except asyncio.TimeoutError:
+                continue
+
+
+class LocalRunner:
+    def __init__(self, extra_env: dict[str, str] | None = None):
+        self.extra_env = extra_env or {}
+
+    async def start(
+        self, job_id: str, job_dir: Path, num_gpus: int, zero_stage: int, attempt: int = 1
+    ) -> LocalWorker:
+        if num_gpus > 1:
+            write_zero_config(zero_stage, job_dir / "deepspeed.json")
+        log_path = job_dir / "worker.log"
+        env = {
+            **os.environ,
+            **self.extra_env,
+            "PYTHONUNBUFFERED": "1",
+            "TRANSFORMERS_VERBOSITY": "warning",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            PARENT_PID_ENV: str(os.getpid()),
+        }
+        with open(log_path, "a") as log:
+            log.write(f"--- {job_id}: starting attempt {attempt}\n")
+        stderr = open(log_path, "ab")  # noqa: SIM115 - the child owns it; closed below
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *worker_command(job_dir, num_gpus, zero_stage),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                cwd=str(Path(__file__).resolve().parents[3]),
+                start_new_session=True,
+                limit=1 << 20,
+            )
+        finally:
+            stderr.close()
+        return LocalWorker(process, log_path)

@@ -1,0 +1,120 @@
+"""The ``tuneplex.trainer.v1.TrainerService`` servicer: a thin layer over admission (validate,
+pin, estimate), the job store, the queue and the supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from services.common.errors import AlreadyExists
+from services.common.stubs import trainer_pb2, trainer_pb2_grpc
+from services.trainer.admission import Admission
+from services.trainer.checkpoints import complete_checkpoints
+from services.trainer.queue import JobQueue
+from services.trainer.spec import training_config_to_proto
+from services.trainer.store import TERMINAL, JobStore, now
+from services.trainer.supervisor import JobSupervisor
+
+# A stream with nothing new re-checks the store this often (missed notifications, restarts).
+STREAM_POLL_SECONDS = 1.0
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    def __init__(
+        self, store: JobStore, admission: Admission, queue: JobQueue, supervisor: JobSupervisor
+    ):
+        self.store = store
+        self.admission = admission
+        self.queue = queue
+        self.supervisor = supervisor
+
+    async def CreateJob(self, request, context):
+        key = request.idempotency_key
+        if key and (existing := self.store.by_idempotency_key(key)) is not None:
+            return trainer_pb2.CreateJobResponse(job=self._same_request(existing, request))
+        admitted = await asyncio.to_thread(self.admission.admit, request.spec)
+        spec = trainer_pb2.JobSpec(
+            training=training_config_to_proto(admitted.config),
+            runner=request.spec.runner,
+        )
+        job = trainer_pb2.Job(
+            id=f"job-{uuid.uuid4().hex[:12]}",
+            spec=spec,
+            state=trainer_pb2.JOB_STATE_QUEUED,
+            create_time=now(),
+            idempotency_key=key,
+            estimated_peak_memory_bytes=admitted.estimate.peak_bytes,
+        )
+        job, created = self.store.create(job, admitted.config.model_dump_json())
+        if not created:  # a concurrent call with the same key won
+            return trainer_pb2.CreateJobResponse(job=self._same_request(job, request))
+        await self.supervisor.record(
+            job.id,
+            trainer_pb2.JobEvent(
+                state_changed=trainer_pb2.StateChanged(state=job.state, message="queued")
+            ),
+        )
+        self.queue.submit(job.id)
+        return trainer_pb2.CreateJobResponse(job=job)
+
+    def _same_request(self, job: trainer_pb2.Job, request) -> trainer_pb2.Job:
+        """AIP-155: a reused key must come with the same request."""
+        given, stored = request.spec.training, job.spec.training
+        if (given.output_name, given.dataset.split("@")[0]) != (
+            stored.output_name,
+            stored.dataset.split("@")[0],
+        ):
+            raise AlreadyExists(
+                f"idempotency key {request.idempotency_key!r} was used for job {job.id} with a "
+                "different spec; use a new key for a new job",
+                param="idempotency_key",
+                code="idempotency_key_reused",
+            )
+        return job
+
+    async def GetJob(self, request, context):
+        return trainer_pb2.GetJobResponse(job=self.store.get(request.id))
+
+    async def ListJobs(self, request, context):
+        jobs, token = self.store.list(request.state, request.page_size, request.page_token)
+        return trainer_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+    async def CancelJob(self, request, context):
+        return trainer_pb2.CancelJobResponse(job=await self.supervisor.cancel(request.id))
+
+    async def StreamJobEvents(self, request, context):
+        self.store.get(request.id)  # NotFound before the stream starts
+        sent = request.after_sequence
+        while True:
+            for event in self.store.events(request.id, sent):
+                yield trainer_pb2.StreamJobEventsResponse(event=event)
+                sent = event.sequence
+            if self.store.get(request.id).state in TERMINAL and not self.store.events(
+                request.id, sent
+            ):
+                return
+            async with self.supervisor.changed:
+                try:
+                    await asyncio.wait_for(self.supervisor.changed.wait(), STREAM_POLL_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def ListCheckpoints(self, request, context):
+        self.store.get(request.id)
+        found = complete_checkpoints(self.supervisor.job_dir(request.id) / "checkpoints")
+        checkpoints = []
+        for c in found:
+            cp = trainer_pb2.Checkpoint(step=c.step, size_bytes=c.size_bytes)
+            cp.create_time.FromNanoseconds(int(c.mtime * 1e9))
+            checkpoints.append(cp)
+        return trainer_pb2.ListCheckpointsResponse(checkpoints=checkpoints)
+
+    async def EstimateJobMemory(self, request, context):
+        admitted = await asyncio.to_thread(self.admission.admit, request.spec, enforce_fit=False)
+        est = admitted.estimate
+        return trainer_pb2.EstimateJobMemoryResponse(
+            peak_bytes=est.peak_bytes,
+            terms=[trainer_pb2.MemoryTerm(name=n, bytes=b) for n, b in est.terms],
+            available_bytes=est.available_bytes,
+            device=est.device,
+        )

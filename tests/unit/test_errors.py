@@ -1,0 +1,67 @@
+"""The one error table: each domain error maps to its gRPC code, HTTP status and OpenAI type."""
+
+import grpc
+import pytest
+
+from services.common import errors
+from services.common.errors import ERROR_TABLE, from_grpc_error
+
+EXPECTED = {
+    errors.InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, 400, "invalid_request_error"),
+    errors.NotFound: (grpc.StatusCode.NOT_FOUND, 404, "not_found_error"),
+    errors.AlreadyExists: (grpc.StatusCode.ALREADY_EXISTS, 409, "invalid_request_error"),
+    errors.FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, 400, "invalid_request_error"),
+    errors.ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
+    errors.Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
+    errors.PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, 403, "permission_error"),
+    errors.DataLoss: (grpc.StatusCode.DATA_LOSS, 500, "server_error"),
+    errors.Unavailable: (grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable_error"),
+    errors.Cancelled: (grpc.StatusCode.CANCELLED, 499, "cancelled_error"),
+    errors.DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout_error"),
+    errors.Internal: (grpc.StatusCode.INTERNAL, 500, "server_error"),
+}
+
+
+def test_table_covers_every_domain_error():
+    assert set(ERROR_TABLE) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("cls", list(EXPECTED))
+def test_mapping(cls):
+    grpc_code, http_status, openai_type = EXPECTED[cls]
+    exc = cls("boom", param="model", code="x")
+    assert exc.mapping.grpc_code == grpc_code
+    assert exc.mapping.http_status == http_status
+    body = exc.to_openai()
+    assert body == {
+        "error": {"message": "boom", "type": openai_type, "param": "model", "code": "x"}
+    }
+
+
+def test_subclass_inherits_its_parents_mapping():
+    class AdapterNotFound(errors.NotFound):
+        pass
+
+    assert AdapterNotFound("x").mapping.http_status == 404
+
+
+class _RpcError(grpc.RpcError):
+    def __init__(self, code, details):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+@pytest.mark.parametrize("cls", [c for c in EXPECTED if c is not errors.Internal])
+def test_round_trip_through_grpc_status(cls):
+    back = from_grpc_error(_RpcError(EXPECTED[cls][0], "why"))
+    assert type(back) is cls
+    assert back.message == "why"
+
+
+def test_transport_failure_is_unavailable():
+    assert isinstance(from_grpc_error(_RpcError(grpc.StatusCode.UNKNOWN, "")), errors.Unavailable)

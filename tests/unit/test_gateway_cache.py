@@ -1,0 +1,95 @@
+"""ArtifactCache: content-addressed entries, sha256 verification, LRU by bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import pytest
+
+from services.common.errors import DataLoss
+from services.common.stubs import registry_pb2
+from services.gateway.cache import ArtifactCache
+
+
+class FolderRegistry:
+    """Stands in for the registry's pull: writes given files, returns their manifest."""
+
+    def __init__(self, files: dict[str, dict[str, bytes]]):
+        self.files = files
+        self.pulls = 0
+
+    def version(self, ref: str) -> registry_pb2.ArtifactVersion:
+        entries = [registry_pb2.FileEntry(path=p, size_bytes=len(b),
+                                          sha256=hashlib.sha256(b).hexdigest())
+                   for p, b in self.files[ref].items()]
+        digest = hashlib.sha256(json.dumps([e.sha256 for e in entries]).encode()).hexdigest()
+        return registry_pb2.ArtifactVersion(
+            name=ref, manifest=registry_pb2.Manifest(files=entries, sha256=digest))
+
+    async def pull(self, kind, ref, dest):
+        self.pulls += 1
+        dest.mkdir(parents=True, exist_ok=True)
+        for path, data in self.files[ref].items():
+            (dest / path).write_bytes(data)
+        return self.version(ref)
+
+
+def _fetch(cache, registry, ref):
+    return asyncio.run(cache.fetch(registry, "adapter", ref, registry.version(ref).manifest.sha256))
+
+
+def test_fetch_verify_and_detect_corruption(tmp_path):
+    registry = FolderRegistry({"a@1": {"adapter_model.safetensors": b"x" * 100,
+                                       "adapter_config.json": b"{}"}})
+    cache = ArtifactCache(tmp_path, max_bytes=10_000)
+    entry = _fetch(cache, registry, "a@1")
+    asyncio.run(cache.verify(entry))
+    assert cache.lookup(entry.key) is entry
+
+    (entry.path / "adapter_model.safetensors").write_bytes(b"y" * 100)  # same size, new bytes
+    with pytest.raises(DataLoss):
+        asyncio.run(cache.verify(entry))
+    assert cache.lookup(entry.key) is None
+    assert not entry.path.exists()
+
+
+def test_missing_file_is_corruption(tmp_path):
+    registry = FolderRegistry({"a@1": {"w.bin": b"abc"}})
+    cache = ArtifactCache(tmp_path, max_bytes=10_000)
+    entry = _fetch(cache, registry, "a@1")
+    (entry.path / "w.bin").unlink()
+    with pytest.raises(DataLoss):
+        asyncio.run(cache.verify(entry))
+
+
+def test_lru_eviction_by_bytes_spares_entries_in_use(tmp_path):
+    registry = FolderRegistry({f"a@{i}": {"w.bin": bytes([i]) * 400} for i in range(4)})
+    in_use: set[str] = set()
+    cache = ArtifactCache(tmp_path, max_bytes=1000, in_use=lambda: in_use)
+    first, second = _fetch(cache, registry, "a@0"), _fetch(cache, registry, "a@1")
+    in_use.add(first.key)  # an engine serves it: never evicted
+    third = _fetch(cache, registry, "a@2")
+    assert cache.lookup(first.key) and cache.lookup(third.key)
+    assert cache.lookup(second.key) is None  # least recently used and not in use
+    cache.lookup(first.key)
+    in_use.clear()
+    cache.lookup(third.key)  # now `first` is the least recently used
+    _fetch(cache, registry, "a@3")
+    assert cache.lookup(first.key) is None
+    assert cache.total_bytes <= 1000
+
+
+def test_a_restart_adopts_complete_entries_and_drops_partial_ones(tmp_path):
+    registry = FolderRegistry({"a@1": {"w.bin": b"abc"}})
+    entry = _fetch(ArtifactCache(tmp_path, max_bytes=10_000), registry, "a@1")
+    (tmp_path / ".tmp-deadbeef-1234").mkdir()
+    (tmp_path / "orphan").mkdir()  # a folder without its manifest marker is not an entry
+
+    cache = ArtifactCache(tmp_path, max_bytes=10_000)
+    adopted = cache.lookup(entry.key)
+    assert adopted is not None and adopted.size_bytes == 3
+    asyncio.run(cache.verify(adopted))
+    assert not (tmp_path / ".tmp-deadbeef-1234").exists()
+    assert cache.lookup("orphan") is None

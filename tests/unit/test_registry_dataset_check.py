@@ -1,0 +1,82 @@
+import json
+
+import pytest
+
+from services.common.errors import InvalidArgument
+from services.common.stubs import registry_pb2
+from services.registry.dataset_check import DatasetCheck
+
+
+def check(lines: list[str], *, chunk: int = 7, max_chars: int = 1000) -> DatasetCheck:
+    """Feed in small chunks so that lines are split across chunks, as on the wire."""
+    data = ("\n".join(lines) + "\n").encode()
+    c = DatasetCheck("train.jsonl", max_example_chars=max_chars)
+    for i in range(0, len(data), chunk):
+        c.feed(data[i : i + chunk])
+    c.finish()
+    return c
+
+
+def chat(*messages) -> str:
+    return json.dumps({"messages": [{"role": r, "content": c} for r, c in messages]})
+
+
+GOOD = chat(("system", "be brief"), ("user", "hi"), ("assistant", "hello"))
+
+
+def test_valid_formats_are_counted():
+    c = check([GOOD, "", GOOD])
+    assert (c.format, c.num_examples) == (registry_pb2.DATASET_FORMAT_CHAT, 2)
+    pc = check([json.dumps({"prompt": "2+2=", "completion": "4"})])
+    assert pc.format == registry_pb2.DATASET_FORMAT_PROMPT_COMPLETION
+    assert check([json.dumps({"text": "once upon"})]).format == registry_pb2.DATASET_FORMAT_TEXT
+
+
+@pytest.mark.parametrize(
+    "bad, rule",
+    [
+        ('{"messages": [', "invalid_json"),
+        ("[1, 2]", "not_an_object"),
+        (json.dumps({"input": "x"}), "missing_messages"),
+        (json.dumps({"messages": []}), "messages_not_list"),
+        (json.dumps({"messages": ["hi"]}), "message_not_object"),
+        (chat(("user", "q"), ("bot", "a")), "bad_role"),
+        (json.dumps({"messages": [{"role": "user", "content": 3}]}), "non_string_content"),
+        (chat(("user", "q"), ("assistant", "  ")), "empty_assistant_message"),
+        (chat(("system", "s"), ("user", "q")), "no_assistant_message"),
+        (chat(("user", "x" * 2000), ("assistant", "a")), "example_too_long"),
+        (
+            json.dumps({"messages": [{"role": "user", "content": "q", "foo": 1}]}),
+            "message_unrecognized_key",
+        ),
+        (json.dumps({"text": "plain"}), "mixed_formats"),
+        (json.dumps({"prompt": "p", "completion": ""}), "mixed_formats"),
+    ],
+)
+def test_rule_and_line_number_in_message(bad, rule):
+    with pytest.raises(InvalidArgument) as exc:
+        check([GOOD, GOOD, bad, GOOD])
+    assert exc.value.message.startswith("train.jsonl line 3: ")
+    assert f"(rule: {rule})" in exc.value.message
+
+
+def test_empty_completion_and_text():
+    with pytest.raises(InvalidArgument, match="line 1: .*empty_completion"):
+        check([json.dumps({"prompt": "p", "completion": " "})])
+    with pytest.raises(InvalidArgument, match="line 2: .*empty_text"):
+        check([json.dumps({"text": "a"}), json.dumps({"text": ""})])
+
+
+def test_no_examples_and_invalid_utf8():
+    with pytest.raises(InvalidArgument, match="no_examples"):
+        check(["", "  "])
+    c = DatasetCheck("d.jsonl", max_example_chars=100)
+    with pytest.raises(InvalidArgument, match="line 1: .*invalid_utf8"):
+        c.feed(b'{"text": "\xff"}\n')
+
+
+def test_huge_line_is_refused_before_it_is_buffered():
+    c = DatasetCheck("d.jsonl", max_example_chars=10)
+    with pytest.raises(InvalidArgument, match="line 1: .*example_too_long"):
+        for _ in range(100):
+            c.feed(b"x" * 4096)

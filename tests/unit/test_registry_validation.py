@@ -1,0 +1,126 @@
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.stubs import registry_pb2
+from services.registry.safetensors_check import SafetensorsCheck
+from services.registry.validation import plan_upload
+from tests.helpers.registry_artifacts import write_adapter
+
+
+def header_for(folder: Path, kind=registry_pb2.ARTIFACT_KIND_ADAPTER, name="a", extra=()):
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    entries = [
+        registry_pb2.FileEntry(
+            path=p.relative_to(folder).as_posix(),
+            size_bytes=p.stat().st_size,
+            sha256=hashlib.sha256(p.read_bytes()).hexdigest(),
+        )
+        for p in files
+    ]
+    return registry_pb2.UploadHeader(kind=kind, name=name, files=[*entries, *extra])
+
+
+def run_plan(folder: Path, *, limit: int = 10**9, chunk: int = 1000):
+    plan = plan_upload(header_for(folder), max_upload_bytes=limit, max_example_chars=10**6)
+    for entry in plan.header.files:
+        data = (folder / entry.path).read_bytes()
+        check = plan.checks[entry.path]
+        for i in range(0, len(data), chunk):
+            check.feed(data[i : i + chunk])
+        check.finish()
+    return plan.info()
+
+
+def test_adapter_facts_are_parsed(tmp_path):
+    folder = write_adapter(
+        tmp_path, rank=8, config={"use_dora": True, "modules_to_save": ["lm_head"]}
+    )
+    info = run_plan(folder)
+    assert (info.rank, info.alpha, list(info.target_modules)) == (8, 16.0, ["q_proj", "v_proj"])
+    assert info.use_dora and not info.use_rslora
+    assert list(info.modules_to_save) == ["lm_head"] and info.task_type == "CAUSAL_LM"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_refused(tmp_path, dtype, poison):
+    folder = write_adapter(tmp_path, dtype=dtype, poison=poison)
+    with pytest.raises(InvalidArgument, match="v_proj.lora_B.weight' contains NaN or Inf"):
+        run_plan(folder, chunk=333)  # odd chunks split elements across feeds
+
+
+def test_bf16_nan_found_on_bit_patterns(tmp_path):
+    import struct
+
+    ok = np.array([0x3F80, 0xBF80, 0x0000, 0x7F7F], dtype="<u2")  # 1, -1, 0, max finite
+    path = tmp_path / "w.safetensors"
+    header = json.dumps({"t": {"dtype": "BF16", "shape": [4], "data_offsets": [0, 8]}}).encode()
+    for words, finite in ((ok, True), (np.array([0x3F80, 0x7FC0, 0, 0], "<u2"), False)):
+        path.write_bytes(struct.pack("<Q", len(header)) + header + words.tobytes())
+        check = SafetensorsCheck("w.safetensors", path.stat().st_size, check_finite=True)
+        if finite:
+            check.feed(path.read_bytes())
+            check.finish()
+        else:
+            with pytest.raises(InvalidArgument, match="NaN or Inf"):
+                check.feed(path.read_bytes())
+
+
+@pytest.mark.parametrize(
+    "pickle_name", ["adapter_model.bin", "training_args.bin", "opt.pt", "x.pkl"]
+)
+def test_pickle_refused_from_header_alone(tmp_path, pickle_name):
+    folder = write_adapter(tmp_path)
+    (folder / pickle_name).write_bytes(b"\x80\x04")
+    with pytest.raises(InvalidArgument, match="pickle files"):
+        plan_upload(header_for(folder), max_upload_bytes=10**9, max_example_chars=1000)
+
+
+def test_missing_files_and_bad_config(tmp_path):
+    folder = write_adapter(tmp_path / "a")
+    (folder / "adapter_config.json").unlink()
+    with pytest.raises(InvalidArgument, match="adapter_config.json is missing"):
+        run_plan(folder)
+    bad = write_adapter(tmp_path / "b", config={"peft_type": "IA3"})
+    with pytest.raises(InvalidArgument, match="only LoRA"):
+        run_plan(bad)
+    bad_rank = write_adapter(tmp_path / "c", config={"r": 0})
+    with pytest.raises(InvalidArgument, match="'r' must be a positive integer"):
+        run_plan(bad_rank)
+
+
+def test_truncated_or_fake_safetensors_refused(tmp_path):
+    folder = write_adapter(tmp_path)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(InvalidArgument, match="header describes"):
+        run_plan(folder)
+    weights.write_bytes(b"PK\x03\x04 this is a zip, not safetensors")
+    with pytest.raises(InvalidArgument, match="not a safetensors file"):
+        run_plan(folder)
+
+
+def test_no_lora_tensors_refused(tmp_path):
+    folder = write_adapter(tmp_path)
+    save_file({"w": np.ones(4, np.float32)}, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(InvalidArgument, match="no LoRA tensors"):
+        run_plan(folder)
+
+
+def test_size_limit_checked_before_any_byte(tmp_path):
+    folder = write_adapter(tmp_path)
+    with pytest.raises(ResourceExhausted, match="over the limit of 100 bytes"):
+        plan_upload(header_for(folder), max_upload_bytes=100, max_example_chars=1000)
+
+
+def test_dataset_files_must_be_jsonl(tmp_path):
+    (tmp_path / "data.csv").write_text("a,b\n")
+    header = header_for(tmp_path, kind=registry_pb2.ARTIFACT_KIND_DATASET)
+    with pytest.raises(InvalidArgument, match=".jsonl files only"):
+        plan_upload(header, max_upload_bytes=10**9, max_example_chars=1000)

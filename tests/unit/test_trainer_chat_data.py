@@ -1,0 +1,91 @@
+"""Assistant masks from the model's own chat template, and the pre-training refusal of a dataset
+whose first example would teach nothing or would train on the prompt."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common.errors import InvalidArgument
+from services.trainer.recipes.chat_data import (
+    check_assistant_mask,
+    pack_text_file,
+    to_messages,
+    tokenize_chat_file,
+    tokenize_conversation,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_model_dir)
+
+
+def masked_text(tokenizer, example) -> str:
+    ids = [t for t, m in zip(example["input_ids"], example["assistant_masks"], strict=True) if m]
+    return tokenizer.decode(ids)
+
+
+def test_only_assistant_turns_are_trained_on_in_multi_turn_chats(tokenizer):
+    messages = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "3+3?"},
+        {"role": "assistant", "content": "6"},
+    ]
+    example = tokenize_conversation(tokenizer, messages, train_on_prompt=False)
+    assert masked_text(tokenizer, example) == "4<|im_end|>\n6<|im_end|>\n"
+    everything = tokenize_conversation(tokenizer, messages, train_on_prompt=True)
+    assert all(everything["assistant_masks"])
+
+
+def test_prompt_completion_rows_become_chats(tokenizer):
+    messages = to_messages({"prompt": "hi", "completion": "hello"}, 1)
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    example = tokenize_conversation(tokenizer, messages, train_on_prompt=False)
+    assert masked_text(tokenizer, example) == "hello<|im_end|>\n"
+
+
+def test_an_empty_mask_within_max_seq_length_is_refused(tokenizer):
+    messages = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
+    example = tokenize_conversation(tokenizer, messages, train_on_prompt=False)
+    with pytest.raises(InvalidArgument, match="raise max_seq_length") as caught:
+        check_assistant_mask(example, max_seq_length=64, train_on_prompt=False)
+    assert caught.value.param == "training.hyperparameters.max_seq_length"
+    check_assistant_mask(example, max_seq_length=1024, train_on_prompt=False)
+
+
+def test_an_all_ones_mask_is_refused_unless_training_on_the_prompt():
+    example = {"input_ids": [1, 2, 3], "assistant_masks": [1, 1, 1]}
+    with pytest.raises(InvalidArgument, match="train_on_prompt"):
+        check_assistant_mask(example, max_seq_length=16, train_on_prompt=False)
+    check_assistant_mask(example, max_seq_length=16, train_on_prompt=True)
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("not json", "line 1 is not JSON"),
+        ('{"text": "no chat"}', "neither `messages` nor `prompt`+`completion`"),
+        ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant message"),
+        ('{"messages": [{"role": "wizard", "content": "hi"}]}', "role in"),
+    ],
+)
+def test_malformed_rows_are_refused_with_the_line(tokenizer, tmp_path, line, says):
+    path = tmp_path / "data.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(InvalidArgument) as caught:
+        tokenize_chat_file(path, tokenizer, 128, train_on_prompt=False)
+    assert says in caught.value.message
+    assert caught.value.code == "dataset_invalid"
+
+
+def test_pretraining_text_is_packed_into_full_blocks(tokenizer, tmp_path):
+    path = tmp_path / "text.jsonl"
+    path.write_text('{"text": "' + "alpha beta gamma " * 30 + '"}\n{"text": "delta"}\n')
+    blocks = pack_text_file(path, tokenizer, block=16)
+    assert blocks and all(len(b["input_ids"]) == 16 for b in blocks)
+    with pytest.raises(InvalidArgument, match="lower max_seq_length"):
+        pack_text_file(path, tokenizer, block=100_000)

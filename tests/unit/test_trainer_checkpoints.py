@@ -1,0 +1,55 @@
+"""Atomic checkpoints: only renamed-and-marked folders count; leftovers of a killed worker are
+ignored and cleared."""
+
+from __future__ import annotations
+
+from services.trainer.checkpoints import (
+    MARKER,
+    clear_staging,
+    commit_checkpoint,
+    complete_checkpoints,
+    latest_checkpoint,
+)
+
+
+def staged(staging, step: int, payload: bytes = b"weights"):
+    folder = staging / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(payload)
+    return folder
+
+
+def test_commit_renames_then_marks(tmp_path):
+    staging, final = tmp_path / "_staging", tmp_path / "checkpoints"
+    path = commit_checkpoint(staged(staging, 10), final)
+    assert path == final / "checkpoint-10"
+    assert (path / MARKER).is_file() and not (staging / "checkpoint-10").exists()
+    (info,) = complete_checkpoints(final)
+    assert info.step == 10 and info.size_bytes > len(b"weights")
+
+
+def test_unmarked_and_foreign_folders_are_not_checkpoints(tmp_path):
+    final = tmp_path / "checkpoints"
+    commit_checkpoint(staged(tmp_path / "s", 10), final)
+    commit_checkpoint(staged(tmp_path / "s", 2), final)
+    (final / "checkpoint-30").mkdir()  # renamed, killed before the marker
+    (final / "checkpoint-30" / "adapter_model.safetensors").write_bytes(b"x")
+    (final / "notes").mkdir()
+    assert [c.step for c in complete_checkpoints(final)] == [2, 10]  # numeric, not lexical
+    assert latest_checkpoint(final).step == 10
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_recommitting_a_step_replaces_an_unmarked_leftover(tmp_path):
+    final = tmp_path / "checkpoints"
+    (final / "checkpoint-20").mkdir(parents=True)
+    commit_checkpoint(staged(tmp_path / "s", 20, b"new"), final)
+    assert (final / "checkpoint-20" / "adapter_model.safetensors").read_bytes() == b"new"
+    assert latest_checkpoint(final).step == 20
+
+
+def test_clear_staging_drops_half_written_checkpoints(tmp_path):
+    staging = tmp_path / "_staging"
+    staged(staging, 40)
+    clear_staging(staging)
+    assert staging.is_dir() and not any(staging.iterdir())
