@@ -25,6 +25,7 @@ from services.client import local_stack
 from services.client.local_stack import StackPorts
 from services.client.registry import RegistryClient
 from services.client.trainer import TrainerClient
+from services.common.errors import FailedPrecondition
 from services.common.stubs import trainer_pb2
 
 BASE_MODEL = "smollm2-135m-instruct"
@@ -105,8 +106,11 @@ def train_adapter(cfg: DemoConfig, data_dir: Path, say: Callable[[str], None]) -
     with TrainerClient(trainer) as client:
         job = client.create_job(spec, idempotency_key=f"demo-{key}")
         say(f"training {ADAPTER}: job {job.id}")
-        watch_job(client, job.id)
-        return client.get_job(job.id).output
+        job = watch_job(client, job.id)
+    if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
+        reason = f"{job.error.code}: {job.error.message}" if job.error.code else "cancelled"
+        raise FailedPrecondition(f"training job {job.id} did not succeed ({reason})")
+    return job.output
 
 
 def evaluate(cfg: DemoConfig, model: str, data_dir: Path) -> EvalReport:
@@ -179,6 +183,12 @@ def print_report(cfg: DemoConfig, result: DemoResult, console: Console) -> None:
     table.add_row(BASE_MODEL, f"{result.base.accuracy:.2f}")
     table.add_row(f"{ADAPTER} ({result.adapter_ref})", f"{result.adapter.accuracy:.2f}")
     console.print(table)
+    console.print(
+        f"execution accuracy: {BASE_MODEL} {result.base.accuracy:.2f}, "
+        f"{ADAPTER} {result.adapter.accuracy:.2f} ({n} held-out questions)",
+        highlight=False,
+        soft_wrap=True,
+    )
     for base_row, row in list(zip(result.base.results, result.adapter.results, strict=True))[
         : cfg.examples_shown
     ]:

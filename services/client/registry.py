@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import grpc
-
+from services.client.grpc_channel import AsyncClient, BlockingClient, domain_errors
 from services.client.transfer import (
     KINDS,
     PullWriter,
@@ -22,49 +20,20 @@ from services.client.transfer import (
     local_files,
     upload_header,
 )
-from services.common.auth import bearer_metadata
-from services.common.errors import from_grpc_error
-from services.common.grpc_server import channel_options
 from services.common.stubs import registry_pb2, registry_pb2_grpc
 
 __all__ = ["KINDS", "AsyncRegistryClient", "RegistryClient", "kind_label", "kind_value"]
-
-
-@contextmanager
-def _domain_errors():
-    try:
-        yield
-    except grpc.RpcError as exc:
-        raise from_grpc_error(exc) from None
 
 
 def _ref_request(cls, kind: str, ref: str):
     return cls(kind=kind_value(kind), ref=ref)
 
 
-class RegistryClient:
+class RegistryClient(BlockingClient):
     """Blocking client. ``target`` is ``host:port``; use as a context manager or ``close()``."""
 
     def __init__(self, target: str, api_key: str | None = None, timeout: float | None = None):
-        self._channel = grpc.insecure_channel(target, options=channel_options())
-        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
-        self._metadata = bearer_metadata(api_key)
-        self.timeout = timeout
-
-    def __enter__(self) -> RegistryClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def _unary(self, method: str, request):
-        with _domain_errors():
-            return getattr(self._stub, method)(
-                request, metadata=self._metadata, timeout=self.timeout
-            )
+        super().__init__(registry_pb2_grpc.RegistryServiceStub, target, api_key, timeout)
 
     def push(
         self,
@@ -94,7 +63,7 @@ class RegistryClient:
             yield header
             yield from file_requests(files)
 
-        with _domain_errors():
+        with domain_errors():
             return self._stub.UploadArtifact(requests(), metadata=self._metadata).version
 
     def pull(self, kind: str, ref: str, dest: Path) -> registry_pb2.ArtifactVersion:
@@ -103,7 +72,7 @@ class RegistryClient:
         request = _ref_request(registry_pb2.DownloadArtifactRequest, kind, ref)
         call = self._stub.DownloadArtifact(request, metadata=self._metadata)
         try:
-            with _domain_errors():
+            with domain_errors():
                 for message in call:
                     if message.WhichOneof("payload") == "version":
                         writer.start(message.version)
@@ -161,29 +130,11 @@ class RegistryClient:
         return list(self._unary("GetLineage", request).chain)
 
 
-class AsyncRegistryClient:
+class AsyncRegistryClient(AsyncClient):
     """The same API as ``RegistryClient`` with ``async def`` methods, over ``grpc.aio``."""
 
     def __init__(self, target: str, api_key: str | None = None, timeout: float | None = None):
-        self._channel = grpc.aio.insecure_channel(target, options=channel_options())
-        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
-        self._metadata = bearer_metadata(api_key)
-        self.timeout = timeout
-
-    async def __aenter__(self) -> AsyncRegistryClient:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def _unary(self, method: str, request):
-        with _domain_errors():
-            return await getattr(self._stub, method)(
-                request, metadata=self._metadata, timeout=self.timeout
-            )
+        super().__init__(registry_pb2_grpc.RegistryServiceStub, target, api_key, timeout)
 
     async def push(
         self,
@@ -214,7 +165,7 @@ class AsyncRegistryClient:
             while (request := await asyncio.to_thread(next, chunks, None)) is not None:
                 yield request
 
-        with _domain_errors():
+        with domain_errors():
             return (await self._stub.UploadArtifact(requests(), metadata=self._metadata)).version
 
     async def pull(self, kind: str, ref: str, dest: Path) -> registry_pb2.ArtifactVersion:
@@ -222,7 +173,7 @@ class AsyncRegistryClient:
         request = _ref_request(registry_pb2.DownloadArtifactRequest, kind, ref)
         call = self._stub.DownloadArtifact(request, metadata=self._metadata)
         try:
-            with _domain_errors():
+            with domain_errors():
                 async for message in call:
                     if message.WhichOneof("payload") == "version":
                         await asyncio.to_thread(writer.start, message.version)

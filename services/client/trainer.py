@@ -4,13 +4,8 @@ raise the domain errors of ``services.common.errors``."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
-import grpc
-
-from services.common.auth import bearer_metadata
-from services.common.errors import from_grpc_error
-from services.common.grpc_server import channel_options
+from services.client.grpc_channel import BlockingClient, domain_errors
 from services.common.stubs import trainer_pb2, trainer_pb2_grpc
 
 FINAL_STATES = frozenset(
@@ -22,41 +17,15 @@ FINAL_STATES = frozenset(
 )
 
 
-@contextmanager
-def _domain_errors():
-    try:
-        yield
-    except grpc.RpcError as exc:
-        raise from_grpc_error(exc) from None
-
-
 def state_name(state: int) -> str:
     return trainer_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
 
 
-class TrainerClient:
+class TrainerClient(BlockingClient):
     """Blocking client. ``target`` is ``host:port``; use as a context manager or ``close()``."""
 
     def __init__(self, target: str, api_key: str | None = None, timeout: float | None = None):
-        self._channel = grpc.insecure_channel(target, options=channel_options())
-        self._stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
-        self._metadata = bearer_metadata(api_key)
-        self.timeout = timeout
-
-    def __enter__(self) -> TrainerClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def _unary(self, method: str, request):
-        with _domain_errors():
-            return getattr(self._stub, method)(
-                request, metadata=self._metadata, timeout=self.timeout
-            )
+        super().__init__(trainer_pb2_grpc.TrainerServiceStub, target, api_key, timeout)
 
     def create_job(
         self, training: trainer_pb2.TrainingSpec, *, idempotency_key: str = ""
@@ -87,7 +56,7 @@ class TrainerClient:
     def stream_events(self, job_id: str, after_sequence: int = 0) -> Iterator[trainer_pb2.JobEvent]:
         """Events recorded so far, then live ones, until the job reaches a final state."""
         request = trainer_pb2.StreamJobEventsRequest(id=job_id, after_sequence=after_sequence)
-        with _domain_errors():
+        with domain_errors():
             for response in self._stub.StreamJobEvents(request, metadata=self._metadata):
                 yield response.event
 

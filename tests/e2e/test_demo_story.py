@@ -52,7 +52,10 @@ def test_demo_story_end_to_end(tmp_path, base_model_dir):
     # Every answer came back through the gateway and was scored.
     assert all(r.prediction for r in result.adapter.results), log.getvalue()
     text = report.getvalue()
-    assert "Execution accuracy on 8 held-out questions" in text
+    assert (
+        f"execution accuracy: {BASE_MODEL} {result.base.accuracy:.2f}, "
+        f"{ADAPTER} {result.adapter.accuracy:.2f} (8 held-out questions)"
+    ) in text
     assert f"{ADAPTER} ({result.adapter_ref})" in text
     assert "curl http://127.0.0.1:" in text
     assert stopped.returncode == 0, stopped.stderr

@@ -92,7 +92,7 @@ def create(
                 f"queued; estimated peak memory {job.estimated_peak_memory_bytes / 2**30:.2f} GiB"
             )
             if watch_:
-                _watch(client, job.id)
+                _report_final(watch_job(client, job.id))
     except TuneplexError as exc:
         fail_with(exc)
 
@@ -160,12 +160,24 @@ def watch(job_id: str) -> None:
     """Follow a job live: a progress bar with loss and ETA, until it ends."""
     try:
         with _client() as client:
-            _watch(client, job_id)
+            _report_final(watch_job(client, job_id))
     except TuneplexError as exc:
         fail_with(exc)
 
 
-def _watch(client: TrainerClient, job_id: str) -> None:
+def _report_final(job: trainer_pb2.Job) -> None:
+    if job.state == trainer_pb2.JOB_STATE_SUCCEEDED:
+        out.print(f"{job.id}: succeeded -> {job.output}", highlight=False)
+    elif job.state == trainer_pb2.JOB_STATE_FAILED:
+        err.print(f"[bold red]failed[/] ({job.error.code}): {job.error.message}", highlight=False)
+        raise typer.Exit(1)
+    else:
+        out.print(f"{job.id}: {state_name(job.state)}")
+
+
+def watch_job(client: TrainerClient, job_id: str) -> trainer_pb2.Job:
+    """Show a job's events live (progress bar with loss, tokens/s and ETA) until it ends;
+    return the job in its final state."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -204,11 +216,4 @@ def _watch(client: TrainerClient, job_id: str) -> None:
                 bar.console.print(f"checkpoint at step {event.checkpoint_saved.step}")
             elif kind == "log":
                 bar.console.print(event.log.message, highlight=False)
-    job = client.get_job(job_id)
-    if job.state == trainer_pb2.JOB_STATE_SUCCEEDED:
-        out.print(f"{job_id}: succeeded -> {job.output}", highlight=False)
-    elif job.state == trainer_pb2.JOB_STATE_FAILED:
-        err.print(f"[bold red]failed[/] ({job.error.code}): {job.error.message}", highlight=False)
-        raise typer.Exit(1)
-    else:
-        out.print(f"{job_id}: {state_name(job.state)}")
+    return client.get_job(job_id)
