@@ -35,6 +35,29 @@ class TrainerClient(BlockingClient):
         )
         return self._unary("CreateJob", request).job
 
+    def create_export(
+        self,
+        adapter: str,
+        name: str,
+        *,
+        precision: int = trainer_pb2.PRECISION_UNSPECIFIED,
+        ollama_modelfile: bool = False,
+        idempotency_key: str = "",
+    ) -> trainer_pb2.Job:
+        """Queue an export job: merge ``adapter`` (`name[@version]`) into its base model and
+        publish the result as the model ``name``. ``precision`` is a ``trainer_pb2.Precision``
+        (unspecified: bf16)."""
+        export = trainer_pb2.ExportSpec(
+            adapter=adapter,
+            output_name=name,
+            precision=precision,
+            ollama_modelfile=ollama_modelfile,
+        )
+        request = trainer_pb2.CreateJobRequest(
+            spec=trainer_pb2.JobSpec(export=export), idempotency_key=idempotency_key
+        )
+        return self._unary("CreateJob", request).job
+
     def get_job(self, job_id: str) -> trainer_pb2.Job:
         return self._unary("GetJob", trainer_pb2.GetJobRequest(id=job_id)).job
 

@@ -71,7 +71,8 @@ def _is_pinned_version(ref: str) -> bool:
 
 
 def _export_hint(ref: str) -> str:
-    return f"export a merged model instead (`tuneplex export {ref}`) and serve that model"
+    return (f"export a merged model instead (`tuneplex export {ref} --name NEW-NAME`) and "
+            "serve it as a base model (TUNEPLEX_GATEWAY_BASE_MODELS)")
 
 
 class AdapterResolver:

@@ -55,6 +55,8 @@ class ArtifactRegistry:
         lineage.CopyFrom(header.lineage)
         # Everything knowable from the header is checked before the first byte is stored.
         await self._pin_lineage(lineage)
+        if plan.kind == "model" and lineage.adapter:
+            await self._check_merge_lineage(lineage)
         base_model = ""
         if plan.kind == "adapter" and header.base_model:
             base_model = await self._resolve_base_model(header.base_model)
@@ -155,6 +157,20 @@ class ArtifactRegistry:
                     param=f"lineage.{field}",
                 ) from None
             setattr(lineage, field, f"{row.name}@{row.version}")
+
+    async def _check_merge_lineage(self, lineage: registry_pb2.Lineage) -> None:
+        """A model merged from an adapter was merged into that adapter's base: fill
+        ``lineage.base_model`` from it, or refuse a lineage that names another base."""
+        row = await asyncio.to_thread(self.metadata.resolve, "adapter", parse_ref(lineage.adapter))
+        base = convert.version_to_proto(row).adapter.base_model
+        if not lineage.base_model:
+            lineage.base_model = base
+        elif base and lineage.base_model != base:
+            raise FailedPrecondition(
+                f"lineage.base_model is {lineage.base_model} but adapter {lineage.adapter} was "
+                f"trained on {base}: a merge of it can only be a merge into {base}",
+                param="lineage.base_model",
+            )
 
     # --- read ---------------------------------------------------------------------------
 

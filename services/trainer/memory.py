@@ -202,3 +202,31 @@ def _halvings(batch: int) -> list[int]:
 
 def gib(value: int) -> float:
     return math.floor(value / GIB * 100) / 100
+
+
+def estimate_export_memory(
+    shape: ModelShape, load_dtype: str, output_dtype: str, host_memory_bytes: int
+) -> MemoryEstimate:
+    """Peak host memory of a merge (exports run on the CPU): the base weights at their load
+    dtype, about as much again for the merge's temporaries, the cast to the output dtype and
+    save_pretrained's shard buffers (measured by ``benchmarks/export.py``: ~2x the weights),
+    plus the framework."""
+    total = shape.total_params()
+    weights = total * DTYPE_BYTES[load_dtype]
+    terms = (
+        ("base_weights", int(weights)),
+        ("merge_cast_and_save_buffers", int(max(weights, total * DTYPE_BYTES[output_dtype]))),
+        ("framework_overhead", CPU_OVERHEAD),
+    )
+    return MemoryEstimate(terms=terms, available_bytes=host_memory_bytes, device="cpu")
+
+
+def require_export_fit(est: MemoryEstimate) -> MemoryEstimate:
+    if est.fits:
+        return est
+    raise FailedPrecondition(
+        f"merging needs an estimated {est.peak_bytes / GIB:.1f} GiB of host memory but this "
+        f"machine has {est.available_bytes / GIB:.1f} GiB; export on a machine with more memory",
+        param="export.adapter",
+        code="out_of_memory",
+    )

@@ -10,6 +10,7 @@ from services.common.errors import AlreadyExists
 from services.common.stubs import trainer_pb2, trainer_pb2_grpc
 from services.trainer.admission import Admission
 from services.trainer.checkpoints import complete_checkpoints
+from services.trainer.export_spec import ExportConfig, export_config_to_proto
 from services.trainer.queue import JobQueue
 from services.trainer.spec import training_config_to_proto
 from services.trainer.store import TERMINAL, JobStore, now
@@ -33,10 +34,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if key and (existing := self.store.by_idempotency_key(key)) is not None:
             return trainer_pb2.CreateJobResponse(job=self._same_request(existing, request))
         admitted = await asyncio.to_thread(self.admission.admit, request.spec)
-        spec = trainer_pb2.JobSpec(
-            training=training_config_to_proto(admitted.config),
-            runner=request.spec.runner,
-        )
+        spec = trainer_pb2.JobSpec(runner=request.spec.runner)
+        if isinstance(admitted.config, ExportConfig):
+            spec.export.CopyFrom(export_config_to_proto(admitted.config))
+        else:
+            spec.training.CopyFrom(training_config_to_proto(admitted.config))
         job = trainer_pb2.Job(
             id=f"job-{uuid.uuid4().hex[:12]}",
             spec=spec,
@@ -59,10 +61,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def _same_request(self, job: trainer_pb2.Job, request) -> trainer_pb2.Job:
         """AIP-155: a reused key must come with the same request."""
-        given, stored = request.spec.training, job.spec.training
-        if (given.output_name, given.dataset.split("@")[0]) != (
-            stored.output_name,
-            stored.dataset.split("@")[0],
+        if request.spec.WhichOneof("kind") == "export":
+            given, stored = request.spec.export, job.spec.export
+            source = (given.adapter.split("@")[0], stored.adapter.split("@")[0])
+        else:
+            given, stored = request.spec.training, job.spec.training
+            source = (given.dataset.split("@")[0], stored.dataset.split("@")[0])
+        if (
+            request.spec.WhichOneof("kind") != job.spec.WhichOneof("kind")
+            or given.output_name != stored.output_name
+            or source[0] != source[1]
         ):
             raise AlreadyExists(
                 f"idempotency key {request.idempotency_key!r} was used for job {job.id} with a "

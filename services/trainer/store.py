@@ -1,9 +1,9 @@
 """Jobs and their events in SQLite: one file that survives service restarts.
 
 A job is kept as its ``Job`` message (the wire shape is the stored shape) plus the columns
-queries need; its validated ``TrainingConfig`` is stored beside it as JSON. Events get a per-job
-sequence from 1, assigned inside the insert's transaction. Idempotency keys are UNIQUE, so two
-racing CreateJob calls with one key cannot both insert.
+queries need; its validated ``TrainingConfig`` or ``ExportConfig`` is stored beside it as
+JSON. Events get a per-job sequence from 1, assigned inside the insert's transaction.
+Idempotency keys are UNIQUE, so two racing CreateJob calls with one key cannot both insert.
 """
 
 from __future__ import annotations

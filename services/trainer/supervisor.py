@@ -18,6 +18,7 @@ from prometheus_client import Counter
 from services.common.errors import TuneplexError
 from services.common.stubs import trainer_pb2
 from services.trainer.checkpoints import latest_checkpoint
+from services.trainer.export_spec import ExportConfig, job_config_from_json
 from services.trainer.recipes.common import EXIT_DOMAIN_ERROR
 from services.trainer.spec import TrainingConfig
 from services.trainer.store import TERMINAL, JobStore, now
@@ -110,12 +111,16 @@ class JobSupervisor:
         workers = list(self._workers.values())
         await asyncio.gather(*(w.stop(self.cancel_grace_seconds) for w in workers))
 
-    def write_worker_config(self, job: trainer_pb2.Job, config: TrainingConfig) -> Path:
+    def write_worker_config(
+        self, job: trainer_pb2.Job, config: TrainingConfig | ExportConfig
+    ) -> Path:
         job_dir = self.job_dir(job.id)
         job_dir.mkdir(parents=True, exist_ok=True)
+        export = isinstance(config, ExportConfig)
         worker = WorkerConfig(
             job_id=job.id,
-            training=config,
+            training=None if export else config,
+            export=config if export else None,
             registry_target=self.registry_target,
             cache_dir=self.work_dir / "cache",
             deepspeed_config=job_dir / "deepspeed.json" if config.num_gpus > 1 else None,
@@ -127,7 +132,7 @@ class JobSupervisor:
         job = self.store.get(job_id)
         if job.state in TERMINAL:
             return
-        config = TrainingConfig.model_validate_json(self.store.config(job_id))
+        config = job_config_from_json(self.store.config(job_id))
         job_dir = self.write_worker_config(job, config)
         reason = "the trainer service stopped while it ran"
         while True:

@@ -7,7 +7,8 @@ shared cache, runs the method's recipe with checkpoints in ``DIR/checkpoints`` (
 the newest complete one), and publishes the result with its report, loss curve and lineage as a
 new registry version. Talks to the service only through event lines on stdout. Exit codes: 0
 published, 3 the job itself is wrong (no retry), anything else a crash (the service resumes).
-Under torchrun every rank runs this; only rank 0 reports and publishes.
+Under torchrun every rank runs this; only rank 0 reports and publishes. An export job pulls
+the adapter and its base instead and runs the export recipe (``worker_export.py``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import sys
 from pathlib import Path
 
 from google.protobuf import struct_pb2
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from services.common.errors import TuneplexError, Unavailable
 from services.trainer.artifacts import ArtifactCache, dataset_file, version_ref
+from services.trainer.export_spec import ExportConfig
 from services.trainer.recipes.common import EXIT_DOMAIN_ERROR, RecipeConfig, emit
 from services.trainer.runners.kubernetes import CONFIG_ENV, DEEPSPEED_ENV
 from services.trainer.runners.local import bind_to_parent
@@ -34,10 +36,18 @@ class WorkerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     job_id: str
-    training: TrainingConfig
+    # Exactly one of these: what the job does.
+    training: TrainingConfig | None = None
+    export: ExportConfig | None = None
     registry_target: str
     cache_dir: Path
     deepspeed_config: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> WorkerConfig:
+        if (self.training is None) == (self.export is None):
+            raise ValueError("a worker config holds exactly one of training and export")
+        return self
 
 
 def is_rank_zero() -> bool:
@@ -60,6 +70,7 @@ def run(config: WorkerConfig, job_dir: Path) -> str | None:
     from services.common.stubs import registry_pb2
 
     t = config.training
+    assert t is not None
     emit("state", state="VALIDATING", message="fetching base model and datasets")
     client = RegistryClient(config.registry_target, api_key=os.environ.get(REGISTRY_KEY_ENV))
     try:
@@ -126,7 +137,12 @@ def main() -> None:
         path.write_text(deepspeed)
         config = config.model_copy(update={"deepspeed_config": path})
     try:
-        run(config, args.job_dir)
+        if config.export is not None:
+            from services.trainer.worker_export import run_export
+
+            run_export(config, args.job_dir)
+        else:
+            run(config, args.job_dir)
     except Unavailable as exc:
         # The registry being down is transient: exit as a crash so the service retries.
         print(f"registry unavailable: {exc.message}", file=sys.stderr)

@@ -145,8 +145,17 @@ def test_lineage_follows_dataset_and_base_model(client, tmp_path):
         lineage=registry_pb2.Lineage(adapter="lineage-lora@latest", job_id="export-1"),
     )
     assert merged.model.merged_from_adapter == "lineage-lora@1"
+    # a merge's base is its adapter's base: filled in when left out, refused when another
+    assert merged.lineage.base_model == f"{TINY_MODEL}@1"
     chain = client.lineage("model", "lineage-merged")
-    assert [v.name for v in chain] == ["lineage-merged", "lineage-lora", "sql-train", TINY_MODEL]
+    assert [v.name for v in chain] == ["lineage-merged", TINY_MODEL, "lineage-lora", "sql-train"]
+    with pytest.raises(FailedPrecondition, match="trained on"):
+        client.push(
+            "model",
+            "lineage-merged",
+            write_model(tmp_path / "merged-2"),
+            lineage=registry_pb2.Lineage(adapter="lineage-lora@1", base_model="lineage-merged@1"),
+        )
     # the base model of an adapter cannot go while the adapter needs it
     with pytest.raises(FailedPrecondition, match="lineage-lora"):
         client.delete("model", TINY_MODEL)

@@ -12,7 +12,6 @@ import os
 import signal
 import time
 
-import grpc
 import psutil
 import pytest
 
@@ -247,21 +246,6 @@ def test_bad_specs_are_refused_with_the_fix(trainer, training, error, says):
     with TrainerClient(trainer.target) as client, pytest.raises(error) as caught:
         client.create_job(training)
     assert says in caught.value.message
-
-
-def test_export_jobs_say_they_are_not_implemented(trainer):
-    request = trainer_pb2.CreateJobRequest(
-        spec=trainer_pb2.JobSpec(
-            export=trainer_pb2.ExportSpec(adapter="caps-lora@1", output_name="merged")
-        )
-    )
-    from services.common.stubs import trainer_pb2_grpc
-
-    with grpc.insecure_channel(trainer.target) as channel:
-        with pytest.raises(grpc.RpcError) as caught:
-            trainer_pb2_grpc.TrainerServiceStub(channel).CreateJob(request)
-    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "not implemented" in caught.value.details()
 
 
 def test_memory_estimate_names_its_terms(trainer):

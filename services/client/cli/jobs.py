@@ -118,7 +118,7 @@ def list_(state: str = typer.Option("", help="Only jobs in this state, e.g. runn
         table.add_row(
             job.id,
             state_name(job.state),
-            job.output or job.spec.training.output_name,
+            job.output or getattr(job.spec, job.spec.WhichOneof("kind") or "training").output_name,
             f"{job.progress.step}/{job.progress.total_steps}",
             f"{job.progress.loss:.4f}",
             job.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
