@@ -49,13 +49,17 @@ def emit(kind: str, **fields) -> None:
     print(EVENT_PREFIX + json.dumps({"type": kind, **fields}), flush=True)
 
 
-def recipe_main(run) -> None:
-    """``python -m services.trainer.recipes.<name> --config job.json --output DIR``."""
+def recipe_main(run, config_class=None) -> None:
+    """``python -m services.trainer.recipes.<name> --config job.json --output DIR``; the JSON is
+    a ``RecipeConfig`` unless the recipe names its own config class."""
+    config_class = config_class or RecipeConfig
     parser = argparse.ArgumentParser(description=run.__doc__)
-    parser.add_argument("--config", type=Path, required=True, help="RecipeConfig JSON file")
+    parser.add_argument(
+        "--config", type=Path, required=True, help=f"{config_class.__name__} JSON file"
+    )
     parser.add_argument("--output", type=Path, required=True, help="folder for the result")
     args = parser.parse_args()
-    config = RecipeConfig.model_validate_json(args.config.read_text())
+    config = config_class.model_validate_json(args.config.read_text())
     try:
         run(config, args.output)
     except TuneplexError as exc:

@@ -22,18 +22,16 @@ runtimes that cannot load adapters (Ollama, some TensorRT-LLM setups, vLLM for D
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from services.common.errors import FailedPrecondition, TuneplexError
+from services.common.errors import FailedPrecondition
 from services.trainer.export_spec import ExportConfig, LoadPlan, merge_load_plan
-from services.trainer.recipes.common import EXIT_DOMAIN_ERROR, emit
+from services.trainer.recipes.common import emit, recipe_main
 
 P = "export.adapter"
 EMBEDDINGS = ("embed_tokens", "lm_head", "wte", "embed_out")
@@ -223,17 +221,7 @@ def run(config: ExportRecipeConfig, output: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=run.__doc__)
-    parser.add_argument("--config", type=Path, required=True, help="ExportRecipeConfig JSON")
-    parser.add_argument("--output", type=Path, required=True, help="folder for the model")
-    args = parser.parse_args()
-    config = ExportRecipeConfig.model_validate_json(args.config.read_text())
-    try:
-        run(config, args.output)
-    except TuneplexError as exc:
-        emit("failed", code=exc.code or type(exc).__name__, message=exc.message, param=exc.param)
-        sys.exit(EXIT_DOMAIN_ERROR)
-
+    recipe_main(run, ExportRecipeConfig)
 
 if __name__ == "__main__":
     main()
