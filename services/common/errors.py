@@ -127,18 +127,30 @@ def mapping_for(cls: type[TuneplexError]) -> ErrorMapping:
     return ERROR_TABLE[Internal]
 
 
+# Trailing metadata keys that carry a domain error's stable ``code`` and ``param`` over gRPC
+# (the status code carries its kind, the details its message).
+CODE_KEY = "tuneplex-error-code"
+PARAM_KEY = "tuneplex-error-param"
+
+
+def error_metadata(exc: TuneplexError) -> tuple[tuple[str, str], ...]:
+    return tuple((k, v) for k, v in ((CODE_KEY, exc.code), (PARAM_KEY, exc.param)) if v)
+
+
 def from_grpc_error(err: grpc.RpcError) -> TuneplexError:
     """Turn an error a tuneplex gRPC service returned back into its domain error, so a client
-    (the gateway asking the registry, say) can re-raise it with the right kind."""
+    (the gateway asking the registry, say) can re-raise it with the right kind, code and param."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    extra = {k: v for k, v in (trailing or ()) if k in (CODE_KEY, PARAM_KEY)}
     cls = _BY_GRPC_CODE.get(code)
     if cls is None:
         # UNKNOWN, ABORTED, ... : a transport problem rather than a verdict on the request.
         cls = (
             Unavailable if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED) else Internal
         )
-    return cls(details or code.name)
+    return cls(details or code.name, code=extra.get(CODE_KEY), param=extra.get(PARAM_KEY))
 
 
 def http_phrase(status: int) -> str:

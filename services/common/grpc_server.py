@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
 from services.common.auth import check_bearer
-from services.common.errors import Internal, TuneplexError
+from services.common.errors import Internal, TuneplexError, error_metadata
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, TuneplexError) and not isinstance(exc, Internal):
-        await context.abort(exc.mapping.grpc_code, exc.message)
+        await context.abort(exc.mapping.grpc_code, exc.message, error_metadata(exc))
     log.exception("bug in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server log")
 

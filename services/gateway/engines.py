@@ -218,7 +218,11 @@ class EngineManager:
         return [e for e in self.engines if e.base is not None and e.base.name == name]
 
     def report_failure(self, engine: Engine) -> None:
-        """A proxied request could not reach the engine: have its supervisor look now."""
+        """A proxied request could not reach the engine: stop routing to it and have its
+        supervisor look now. Marked down at once so /health and routing agree with the 503 the
+        request got; the supervisor marks it ready again if it answers health after all."""
+        if engine.state == EngineState.READY:
+            self._set_state(engine, EngineState.DOWN)
         engine.check_now.set()
 
     def _set_state(self, engine: Engine, state: EngineState) -> None:
@@ -317,6 +321,8 @@ class EngineManager:
                 return
             if await engine.healthy():
                 failures = 0
+                if engine.state != EngineState.READY:  # a failure report that did not hold
+                    self._set_state(engine, EngineState.READY)
                 continue
             failures += 1
             if failures >= _HEALTH_FAILURES_BEFORE_DOWN or engine.check_now.is_set():

@@ -17,6 +17,21 @@ def version_ref(artifact) -> str:
     return f"{artifact.name}@{artifact.version}"
 
 
+def versions_of(client, kind: str, name: str) -> list:
+    """Every version of ``kind`` ``name``; none when the name is unknown."""
+    try:
+        return list(client.versions(kind, name))
+    except NotFound:
+        return []
+
+
+def published_by(versions: list, job_id: str):
+    """The version job ``job_id`` published, if any. A worker killed after the registry
+    committed its push but before it reported is retried; the retry must find that version
+    rather than train and publish a second one."""
+    return next((v for v in versions if v.lineage.job_id == job_id), None)
+
+
 class ArtifactCache:
     def __init__(self, client, cache_dir: Path):
         self.client = client

@@ -17,7 +17,7 @@ class DeviceInfo:
     cpu_bf16: bool = False
 
 
-def _cpu_has_fast_bf16() -> bool:
+def cpu_has_fast_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -37,14 +37,14 @@ def detect_device(memory_override: int | None = None) -> DeviceInfo:
             gpu_count=torch.cuda.device_count(),
             memory_bytes=memory_override or props.total_memory,
             name=f"cuda:{props.name}",
-            cpu_bf16=_cpu_has_fast_bf16(),
+            cpu_bf16=cpu_has_fast_bf16(),
         )
     return DeviceInfo(
         cuda=False,
         gpu_count=0,
         memory_bytes=memory_override or psutil.virtual_memory().total,
         name="cpu",
-        cpu_bf16=_cpu_has_fast_bf16(),
+        cpu_bf16=cpu_has_fast_bf16(),
     )
 
 

@@ -22,7 +22,13 @@ from google.protobuf import struct_pb2
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from services.common.errors import TuneplexError, Unavailable
-from services.trainer.artifacts import ArtifactCache, dataset_file, version_ref
+from services.trainer.artifacts import (
+    ArtifactCache,
+    dataset_file,
+    published_by,
+    version_ref,
+    versions_of,
+)
 from services.trainer.export_spec import ExportConfig
 from services.trainer.recipes.common import EXIT_DOMAIN_ERROR, RecipeConfig, emit
 from services.trainer.runners.kubernetes import CONFIG_ENV, DEEPSPEED_ENV
@@ -74,6 +80,12 @@ def run(config: WorkerConfig, job_dir: Path) -> str | None:
     emit("state", state="VALIDATING", message="fetching base model and datasets")
     client = RegistryClient(config.registry_target, api_key=os.environ.get(REGISTRY_KEY_ENV))
     try:
+        done = published_by(versions_of(client, t.output_kind, t.output_name), config.job_id)
+        if done is not None:
+            ref = version_ref(done)
+            emit("log", message=f"an earlier attempt published {ref}")
+            emit("published", output=ref, metrics=dict(done.lineage.metrics))
+            return ref
         cache = ArtifactCache(client, config.cache_dir)
         model, model_dir = cache.fetch("model", t.base_model, "training.base_model")
         dataset, data_dir = cache.fetch("dataset", t.dataset, "training.dataset")

@@ -15,22 +15,18 @@ import shutil
 from pathlib import Path
 
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
-from services.trainer.artifacts import ArtifactCache, version_ref
+from services.trainer.artifacts import ArtifactCache, published_by, version_ref, versions_of
 from services.trainer.recipes.common import emit
 
 
 def own_version(client, name: str, job_id: str):
     """The version of model ``name`` an earlier attempt of ``job_id`` published, if any;
     AlreadyExists when the name belongs to something else."""
-    try:
-        versions = client.versions("model", name)
-    except NotFound:
-        return None
+    versions = versions_of(client, "model", name)
     if not versions:
         return None
-    for version in versions:
-        if version.lineage.job_id == job_id:
-            return version
+    if (ours := published_by(versions, job_id)) is not None:
+        return ours
     raise AlreadyExists(
         f"model name {name!r} was taken while the export waited; export again with another "
         "--name",

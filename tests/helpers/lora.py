@@ -26,6 +26,7 @@ def make_lora_adapter(
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    torch.manual_seed(seed)  # PEFT draws lora_A from the global generator: same seed, same adapter
     config = LoraConfig(
         r=rank,
         lora_alpha=2 * rank,

@@ -224,6 +224,7 @@ def test_pickle_adapter_is_refused(client, tmp_path):
     with pytest.raises(InvalidArgument, match=r"adapter_model\.bin: pickle files") as exc:
         client.push("adapter", "pickle-lora", folder)
     assert _code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+    assert exc.value.code == "pickle_refused"  # the stable code travels in trailing metadata
     with pytest.raises(NotFound):
         client.get("adapter", "pickle-lora")
 
@@ -241,6 +242,7 @@ def test_unknown_base_model_is_a_failed_precondition(client, tmp_path):
             "adapter", "orphan-lora", write_adapter(tmp_path / "a"), base_model="no-such-model"
         )
     assert _code_of(exc) == grpc.StatusCode.FAILED_PRECONDITION
+    assert (exc.value.code, exc.value.param) == ("base_model_not_found", "base_model")
 
 
 @pytest.mark.parametrize("poison", [float("nan"), float("inf")])

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -25,6 +27,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.stubs import trainer_pb2
+from services.trainer.runners.base import parse_event_line
 from services.trainer.sample_data import chat_examples, write_jsonl
 from tests.helpers.trainer_process import TrainerServer, start_trainer
 
@@ -190,6 +193,22 @@ def test_lora_job_resumes_after_worker_and_service_kills_and_publishes(
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b), "adapter weights were trained"
     client.close()
+
+    # A worker killed after the registry committed its push, but before it reported, is run
+    # again: the retry finds the version its job published instead of training and pushing a
+    # second one.
+    retry = subprocess.run(
+        [sys.executable, "-m", "services.trainer.worker", "--job-dir",
+         str(trainer.home / "trainer" / "jobs" / job.id)],
+        capture_output=True, text=True, timeout=120, env={**trainer.env},
+    )
+    assert retry.returncode == 0, retry.stderr[-2000:]
+    emitted = [parse_event_line(line) for line in retry.stdout.splitlines()]
+    published_events = [e for e in emitted if e and e["type"] == "published"]
+    assert [e["output"] for e in published_events] == [job.output]
+    assert not any(e and e["type"] == "progress" for e in emitted), "the retry trained again"
+    with RegistryClient(registry.target) as reg:
+        assert [v.version for v in reg.versions("adapter", "caps-lora")] == [int(version)]
 
 
 def test_cancel_stops_the_worker_within_seconds_and_keeps_checkpoints(trainer):

@@ -46,8 +46,11 @@ def test_subclass_inherits_its_parents_mapping():
 
 
 class _RpcError(grpc.RpcError):
-    def __init__(self, code, details):
-        self._code, self._details = code, details
+    def __init__(self, code, details, trailing=()):
+        self._code, self._details, self._trailing = code, details, trailing
+
+    def trailing_metadata(self):
+        return self._trailing
 
     def code(self):
         return self._code
@@ -65,3 +68,12 @@ def test_round_trip_through_grpc_status(cls):
 
 def test_transport_failure_is_unavailable():
     assert isinstance(from_grpc_error(_RpcError(grpc.StatusCode.UNKNOWN, "")), errors.Unavailable)
+
+
+def test_code_and_param_round_trip_through_trailing_metadata():
+    sent = errors.NotFound("no adapter 'x'", code="adapter_not_found", param="name")
+    back = from_grpc_error(
+        _RpcError(grpc.StatusCode.NOT_FOUND, sent.message, errors.error_metadata(sent))
+    )
+    assert (type(back), back.code, back.param) == (errors.NotFound, "adapter_not_found", "name")
+    assert errors.error_metadata(errors.NotFound("bare")) == ()

@@ -3,6 +3,8 @@ engine choice; upstream error mapping."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -117,3 +119,31 @@ def test_a_full_engine_queue_is_429():
         assert (engine.in_flight, engine.waiting) == (0, 0)
 
     asyncio.run(scenario())
+
+
+async def test_a_failed_request_marks_its_engine_down_until_health_says_otherwise(tmp_path):
+    """The 503 a request got, /health and routing agree at once; a report that does not hold
+    (the engine answers health) puts it back."""
+    from services.gateway.engines import EngineManager
+
+    async def on_ready(engine, had):
+        return None
+
+    settings = GatewaySettings(home=tmp_path, engine_urls=["http://127.0.0.1:9"],
+                               engine_health_interval_s=0.01)
+    manager = EngineManager(settings, on_ready)
+    manager.serve([])
+    [engine] = manager.engines
+    engine.state = EngineState.READY
+    manager.report_failure(engine)
+    assert engine.state == EngineState.DOWN and engine.check_now.is_set()
+
+    answers, states = iter([True, False, False, False]), []
+
+    async def healthy():
+        states.append(engine.state)
+        return next(answers)
+
+    engine.healthy = healthy
+    await asyncio.wait_for(manager._watch(engine), 5)  # returns once health keeps failing
+    assert states[:2] == [EngineState.DOWN, EngineState.READY]

@@ -1,0 +1,51 @@
+"""`python -m demo.tune`: the tuning sweep trains with the real recipe and scores on held-out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from demo.story import DemoConfig
+from demo.tune import Run, demo_job, recipe_config, sweep
+
+
+def test_run_parse():
+    run = Run.parse("small:batch_size=4,learning_rate=2e-3,precision=bf16,packing=true")
+    assert run == Run("small", {"batch_size": 4, "learning_rate": 2e-3, "precision": "bf16",
+                                "packing": True})
+    assert Run.parse("defaults:") == Run("defaults", {})
+    for bad in ("max_steps=200", ":max_steps=2", "a:max_steps"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            Run.parse(bad)
+
+
+def test_demo_job_is_what_make_demo_sends():
+    cfg = DemoConfig(home=None, bf16=False)  # type: ignore[arg-type]
+    job = demo_job(cfg)
+    assert (job["max_steps"], job["batch_size"], job["learning_rate"]) == (400, 4, 2e-3)
+    assert job["precision"] == "fp32" and job["lora_alpha"] == 2 * cfg.lora_rank
+
+
+def test_unknown_field_fails_before_training(tmp_path):
+    cfg = DemoConfig(home=tmp_path, train_examples=40, heldout_examples=5)
+    with pytest.raises(ValidationError, match="max_step"):
+        recipe_config(Run("typo", {"max_step": 5}), tmp_path, tmp_path, cfg, gpus=0)
+
+
+def test_sweep_trains_and_scores(base_model_dir, tmp_path):
+    cfg = DemoConfig(home=tmp_path, train_examples=40, heldout_examples=4, max_tokens=48,
+                     bf16=False)
+    lines: list[str] = []
+    reports = sweep(base_model_dir, tmp_path, [Run("tiny", {"max_steps": 2, "lora_r": 4})],
+                    base=True, cfg=cfg, say=lines.append)
+    assert set(reports) == {"base", "tiny"}
+    assert all(r.total == 4 and 0.0 <= r.accuracy <= 1.0 for r in reports.values())
+    assert lines[-1].startswith("== tiny {'max_steps': 2, 'lora_r': 4}")
+    job = json.loads((tmp_path / "tiny" / "job.json").read_text())["training"]
+    assert (job["max_steps"], job["lora_r"], job["lora_alpha"]) == (2, 4, 8.0)
+    rows = [json.loads(line) for line in (tmp_path / "tiny" / "heldout.jsonl").open()]
+    assert len(rows) == 4 and {"correct", "gold", "sql"} <= set(rows[0])
+    assert (tmp_path / "tiny" / "adapter" / "adapter_model.safetensors").is_file()
