@@ -99,3 +99,16 @@ def start_trainer(
     server = TrainerServer(f"127.0.0.1:{port}", home, None, full_env, home / "trainer.log")  # type: ignore[arg-type]
     server.start()
     return server
+
+
+def wait_for_final(client, job_id: str, timeout: float):
+    """The job once it reaches a final state; AssertionError after ``timeout`` seconds."""
+    from services.client.trainer import FINAL_STATES
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get_job(job_id)
+        if job.state in FINAL_STATES:
+            return job
+        time.sleep(0.25)
+    raise AssertionError(f"{job_id} not final after {timeout}s: {client.get_job(job_id)}")

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
 from services.client.registry import RegistryClient
-from services.client.trainer import FINAL_STATES, TrainerClient
+from services.client.trainer import TrainerClient
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.stubs import trainer_pb2
 from tests.helpers.lora import make_lora_adapter
-from tests.helpers.trainer_process import TrainerServer, start_trainer
+from tests.helpers.trainer_process import TrainerServer, start_trainer, wait_for_final
 
 pytestmark = pytest.mark.integration
 
@@ -56,15 +55,6 @@ def worker_pid(server: TrainerServer) -> int:
             return child.pid
     raise AssertionError("no worker running")
 
-
-def wait_for_final(client: TrainerClient, job_id: str, timeout: float) -> trainer_pb2.Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get_job(job_id)
-        if job.state in FINAL_STATES:
-            return job
-        time.sleep(0.25)
-    raise AssertionError(f"{job_id} not final after {timeout}s")
 
 
 def test_cli_export_matches_base_plus_adapter_and_pulls_as_a_usable_folder(

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from services.client.registry import RegistryClient
-from services.client.trainer import FINAL_STATES, TrainerClient
+from services.client.trainer import TrainerClient
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -29,7 +29,7 @@ from services.common.errors import (
 from services.common.stubs import trainer_pb2
 from services.trainer.runners.base import parse_event_line
 from services.trainer.sample_data import chat_examples, write_jsonl
-from tests.helpers.trainer_process import TrainerServer, start_trainer
+from tests.helpers.trainer_process import TrainerServer, start_trainer, wait_for_final
 
 pytestmark = pytest.mark.integration
 
@@ -92,15 +92,6 @@ def alive(pid: int) -> bool:
     except psutil.NoSuchProcess:
         return False
 
-
-def wait_for_final(client: TrainerClient, job_id: str, timeout: float) -> trainer_pb2.Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get_job(job_id)
-        if job.state in FINAL_STATES:
-            return job
-        time.sleep(0.25)
-    raise AssertionError(f"{job_id} not final after {timeout}s: {client.get_job(job_id)}")
 
 
 def test_lora_job_resumes_after_worker_and_service_kills_and_publishes(
