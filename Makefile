@@ -31,6 +31,7 @@ test-unit: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	cd proto && ../.tools/node_modules/.bin/buf lint
 
 # Renders k8s/ base and overlays and validates them offline against pinned Kubernetes schemas.

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from services.trainer.export_spec import ExportConfig  # noqa: E402
-from services.trainer.recipes.common import EVENT_PREFIX  # noqa: E402
+from services.trainer.worker.protocol import EVENT_PREFIX  # noqa: E402
 
 BASELINE = """
 import json, resource, sys, time

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.helpers.gateway_process import start_gateway  # noqa: E402
 from tests.helpers.lora import make_lora_adapter  # noqa: E402
-from tests.registry_process import start_registry  # noqa: E402
+from tests.helpers.registry_process import start_registry  # noqa: E402
 
 BASE = "smollm2-135m-instruct"
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.client.registry import RegistryClient  # noqa: E402
 from tests.helpers.registry_artifacts import TINY_MODEL, write_adapter, write_model  # noqa: E402
-from tests.registry_process import start_moto_s3, start_registry  # noqa: E402
+from tests.helpers.registry_process import start_moto_s3, start_registry  # noqa: E402
 
 CHUNK = 2 * 1024 * 1024
 

@@ -27,9 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from services.trainer.recipes.common import EVENT_PREFIX  # noqa: E402
 from services.trainer.sample_data import chat_examples, write_jsonl  # noqa: E402
 from services.trainer.spec import TrainingConfig  # noqa: E402
+from services.trainer.worker.protocol import EVENT_PREFIX  # noqa: E402
 
 DIRECT_TRL = """
 import json, sys
@@ -129,7 +129,7 @@ def overhead(
     args, config: TrainingConfig, model_dir: Path, data: Path, work: Path, env: dict
 ) -> None:
     from services.client.registry import RegistryClient
-    from tests.registry_process import start_registry
+    from tests.helpers.registry_process import start_registry
 
     py = sys.executable
     # 1. tuneplex worker (through a real registry) vs the direct TRL script.

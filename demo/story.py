@@ -25,6 +25,7 @@ from services.client import local_stack
 from services.client.local_stack import StackPorts
 from services.client.registry import RegistryClient
 from services.client.trainer import TrainerClient
+from services.client.trainer import training_spec as client_training_spec
 from services.common.errors import FailedPrecondition
 from services.common.stubs import trainer_pb2
 from services.trainer.device import cpu_has_fast_bf16
@@ -76,23 +77,29 @@ def _targets(cfg: DemoConfig) -> tuple[str, str, str]:
     )
 
 
+def demo_job(cfg: DemoConfig) -> dict:
+    """The training settings `make demo` sends, as ``TrainingConfig`` fields (``demo.tune``
+    sweeps over them)."""
+    return {
+        "base_model": BASE_MODEL,
+        "dataset": DATASET,
+        "output_name": ADAPTER,
+        "method": "lora",
+        "lora_r": cfg.lora_rank,
+        "lora_alpha": 2.0 * cfg.lora_rank,
+        "max_steps": cfg.max_steps,
+        "learning_rate": cfg.learning_rate,
+        "lr_scheduler": "cosine",
+        "batch_size": cfg.batch_size,
+        "max_seq_length": cfg.max_seq_length,
+        "seed": cfg.seed,
+        "precision": "bf16" if cfg.bf16 else "fp32",
+    }
+
+
 def training_spec(cfg: DemoConfig, dataset_ref: str) -> trainer_pb2.TrainingSpec:
-    return trainer_pb2.TrainingSpec(
-        base_model=BASE_MODEL,
-        dataset=dataset_ref,
-        method=trainer_pb2.METHOD_LORA,
-        output_name=ADAPTER,
-        lora=trainer_pb2.LoraConfig(r=cfg.lora_rank, alpha=2 * cfg.lora_rank),
-        hyperparameters=trainer_pb2.Hyperparameters(
-            max_steps=cfg.max_steps,
-            learning_rate=cfg.learning_rate,
-            lr_scheduler=trainer_pb2.LR_SCHEDULER_COSINE,
-            precision=trainer_pb2.PRECISION_BF16 if cfg.bf16 else trainer_pb2.PRECISION_FP32,
-            batch_size=cfg.batch_size,
-            max_seq_length=cfg.max_seq_length,
-            seed=cfg.seed,
-            save_steps=max(10, cfg.max_steps // 4),
-        ),
+    return client_training_spec(
+        **{**demo_job(cfg), "dataset": dataset_ref, "save_steps": max(10, cfg.max_steps // 4)}
     )
 
 

@@ -28,28 +28,9 @@ from pathlib import Path
 
 from demo.shop_sql.evaluate import EvalReport, execution_accuracy
 from demo.shop_sql.generate import SYSTEM, write_dataset
-from demo.story import ADAPTER, BASE_MODEL, DATASET, DemoConfig
+from demo.story import DemoConfig, demo_job
 
 DATA_FIELDS = ("train_examples", "data_seed")
-
-
-def demo_job(cfg: DemoConfig) -> dict:
-    """The training fields `make demo` sends, as ``TrainingConfig`` fields."""
-    return {
-        "base_model": BASE_MODEL,
-        "dataset": DATASET,
-        "output_name": ADAPTER,
-        "method": "lora",
-        "lora_r": cfg.lora_rank,
-        "lora_alpha": 2.0 * cfg.lora_rank,
-        "max_steps": cfg.max_steps,
-        "learning_rate": cfg.learning_rate,
-        "lr_scheduler": "cosine",
-        "batch_size": cfg.batch_size,
-        "max_seq_length": cfg.max_seq_length,
-        "seed": cfg.seed,
-        "precision": "bf16" if cfg.bf16 else "fp32",
-    }
 
 
 @dataclass(frozen=True)

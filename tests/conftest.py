@@ -35,9 +35,9 @@ def base_model_dir() -> Path:
 def registry_server(tmp_path_factory):
     """A fresh, empty registry (local storage, no API key) as a real subprocess.
 
-    Yields a ``tests.registry_process.RegistryServer``: ``.target`` ("127.0.0.1:PORT"),
+    Yields a ``tests.helpers.registry_process.RegistryServer``: ``.target`` ("127.0.0.1:PORT"),
     ``.home``, ``.api_key`` (None), ``.process``; stopped (SIGTERM) afterwards."""
-    from tests.registry_process import start_registry
+    from tests.helpers.registry_process import start_registry
 
     server = start_registry(tmp_path_factory.mktemp("registry-home"))
     try:
@@ -52,7 +52,7 @@ def registry_with_base_model(tmp_path_factory, base_model_dir):
     ``smollm2-135m-instruct`` (``.base_model``), so adapters can be pushed against it.
     Shared: use unique artifact names and do not kill its process."""
     from services.client.registry import RegistryClient
-    from tests.registry_process import start_registry
+    from tests.helpers.registry_process import start_registry
 
     server = start_registry(tmp_path_factory.mktemp("registry-with-model"))
     try:

@@ -6,6 +6,7 @@ the domain errors of ``services.common.errors``. File handling lives in ``transf
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -67,7 +68,8 @@ class RegistryClient(BlockingClient):
             return self._stub.UploadArtifact(requests(), metadata=self._metadata).version
 
     def pull(self, kind: str, ref: str, dest: Path) -> registry_pb2.ArtifactVersion:
-        """Download ``ref`` into ``dest``; each file appears only complete and verified."""
+        """Download ``ref`` into ``dest``, which gets the files only once all are complete and
+        verified; on any error ``dest`` is left as it was."""
         writer = PullWriter(dest)
         request = _ref_request(registry_pb2.DownloadArtifactRequest, kind, ref)
         call = self._stub.DownloadArtifact(request, metadata=self._metadata)
@@ -92,20 +94,19 @@ class RegistryClient(BlockingClient):
         return self._unary("GetArtifact", request).artifact
 
     def list(self, kind: str | None = None) -> list[registry_pb2.Artifact]:
+        kind_or_any = kind_value(kind) if kind else registry_pb2.ARTIFACT_KIND_UNSPECIFIED
         out, token = [], ""
         while True:
             response = self._unary(
                 "ListArtifacts",
-                registry_pb2.ListArtifactsRequest(
-                    kind=kind_value(kind) if kind else 0, page_token=token
-                ),
+                registry_pb2.ListArtifactsRequest(kind=kind_or_any, page_token=token),
             )
             out.extend(response.artifacts)
             token = response.next_page_token
             if not token:
                 return out
 
-    def versions(self, kind: str, name: str) -> list[registry_pb2.ArtifactVersion]:
+    def versions(self, kind: str, name: str) -> builtins.list[registry_pb2.ArtifactVersion]:
         request = registry_pb2.ListArtifactVersionsRequest(kind=kind_value(kind), name=name)
         return list(self._unary("ListArtifactVersions", request).versions)
 
@@ -125,7 +126,7 @@ class RegistryClient(BlockingClient):
         )
         self._unary("DeleteArtifact", request)
 
-    def lineage(self, kind: str, ref: str) -> list[registry_pb2.ArtifactVersion]:
+    def lineage(self, kind: str, ref: str) -> builtins.list[registry_pb2.ArtifactVersion]:
         request = _ref_request(registry_pb2.GetLineageRequest, kind, ref)
         return list(self._unary("GetLineage", request).chain)
 
@@ -179,7 +180,7 @@ class AsyncRegistryClient(AsyncClient):
                         await asyncio.to_thread(writer.start, message.version)
                     else:
                         await asyncio.to_thread(writer.chunk, message.chunk)
-            return writer.finish()
+            return await asyncio.to_thread(writer.finish)
         finally:
             call.cancel()
             await asyncio.to_thread(writer.close)
@@ -193,20 +194,19 @@ class AsyncRegistryClient(AsyncClient):
         return (await self._unary("GetArtifact", request)).artifact
 
     async def list(self, kind: str | None = None) -> list[registry_pb2.Artifact]:
+        kind_or_any = kind_value(kind) if kind else registry_pb2.ARTIFACT_KIND_UNSPECIFIED
         out, token = [], ""
         while True:
             response = await self._unary(
                 "ListArtifacts",
-                registry_pb2.ListArtifactsRequest(
-                    kind=kind_value(kind) if kind else 0, page_token=token
-                ),
+                registry_pb2.ListArtifactsRequest(kind=kind_or_any, page_token=token),
             )
             out.extend(response.artifacts)
             token = response.next_page_token
             if not token:
                 return out
 
-    async def versions(self, kind: str, name: str) -> list[registry_pb2.ArtifactVersion]:
+    async def versions(self, kind: str, name: str) -> builtins.list[registry_pb2.ArtifactVersion]:
         request = registry_pb2.ListArtifactVersionsRequest(kind=kind_value(kind), name=name)
         return list((await self._unary("ListArtifactVersions", request)).versions)
 
@@ -228,6 +228,6 @@ class AsyncRegistryClient(AsyncClient):
         )
         await self._unary("DeleteArtifact", request)
 
-    async def lineage(self, kind: str, ref: str) -> list[registry_pb2.ArtifactVersion]:
+    async def lineage(self, kind: str, ref: str) -> builtins.list[registry_pb2.ArtifactVersion]:
         request = _ref_request(registry_pb2.GetLineageRequest, kind, ref)
         return list((await self._unary("GetLineage", request)).chain)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from services.client.grpc_channel import BlockingClient, domain_errors
 from services.common.stubs import trainer_pb2, trainer_pb2_grpc
+from services.common.training_spec_proto import spec_from_values
 
 FINAL_STATES = frozenset(
     {
@@ -19,6 +20,14 @@ FINAL_STATES = frozenset(
 
 def state_name(state: int) -> str:
     return trainer_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+
+
+def training_spec(**settings) -> trainer_pb2.TrainingSpec:
+    """A ``TrainingSpec`` from settings named as the fields of ``TrainingConfig``
+    (``services/common/training_spec.py``): ``training_spec(base_model=..., dataset=...,
+    output_name=..., lora_r=8, learning_rate=1e-3, precision="bf16")``. What is left out takes
+    the trainer's default; an unknown name is ``InvalidArgument`` at once."""
+    return spec_from_values(settings)
 
 
 class TrainerClient(BlockingClient):
@@ -40,7 +49,7 @@ class TrainerClient(BlockingClient):
         adapter: str,
         name: str,
         *,
-        precision: int = trainer_pb2.PRECISION_UNSPECIFIED,
+        precision: trainer_pb2.Precision = trainer_pb2.PRECISION_UNSPECIFIED,
         ollama_modelfile: bool = False,
         idempotency_key: str = "",
     ) -> trainer_pb2.Job:
@@ -61,7 +70,11 @@ class TrainerClient(BlockingClient):
     def get_job(self, job_id: str) -> trainer_pb2.Job:
         return self._unary("GetJob", trainer_pb2.GetJobRequest(id=job_id)).job
 
-    def list_jobs(self, state: int = 0, page_size: int = 50) -> list[trainer_pb2.Job]:
+    def list_jobs(
+        self,
+        state: trainer_pb2.JobState = trainer_pb2.JOB_STATE_UNSPECIFIED,
+        page_size: int = 50,
+    ) -> list[trainer_pb2.Job]:
         jobs, token = [], ""
         while True:
             page = self._unary(

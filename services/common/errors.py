@@ -13,6 +13,27 @@ from typing import Any
 
 import grpc
 
+# Errors echo what the user sent; a whole 15k-character name repeated back overflows gRPC's
+# 8 KiB metadata limit (the status message is a header) and reads badly anywhere else.
+SHOWN_CHARS = 100
+MAX_MESSAGE_CHARS = 1000
+MAX_FIELD_CHARS = 100
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr`` of a user's value for an error message, cut to ``limit`` characters with its
+    length, so that echoing input can never make an error larger than the input's rule."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _capped(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... (truncated)"
+
 
 @dataclass(frozen=True)
 class ErrorMapping:
@@ -29,10 +50,13 @@ class TuneplexError(Exception):
     """
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        # Capped here, once, so neither edge (gRPC status, OpenAI body) can be flooded by a
+        # message that embeds raw input; ``shown`` is the precise tool where input is echoed.
+        message = _capped(message, MAX_MESSAGE_CHARS) or ""
         super().__init__(message)
         self.message = message
-        self.param = param
-        self.code = code
+        self.param = _capped(param, MAX_FIELD_CHARS)
+        self.code = _capped(code, MAX_FIELD_CHARS)
 
     @property
     def mapping(self) -> ErrorMapping:
@@ -123,7 +147,7 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, type[TuneplexError]] = {
 def mapping_for(cls: type[TuneplexError]) -> ErrorMapping:
     for klass in cls.__mro__:
         if klass in ERROR_TABLE:
-            return ERROR_TABLE[klass]  # type: ignore[index]
+            return ERROR_TABLE[klass]
     return ERROR_TABLE[Internal]
 
 
@@ -134,7 +158,16 @@ PARAM_KEY = "tuneplex-error-param"
 
 
 def error_metadata(exc: TuneplexError) -> tuple[tuple[str, str], ...]:
-    return tuple((k, v) for k, v in ((CODE_KEY, exc.code), (PARAM_KEY, exc.param)) if v)
+    # gRPC metadata values must be printable ASCII; anything else would fail the abort itself.
+    return tuple(
+        (k, _ascii(v)) for k, v in ((CODE_KEY, exc.code), (PARAM_KEY, exc.param)) if v
+    )
+
+
+def _ascii(value: str) -> str:
+    text = value.encode("ascii", "backslashreplace").decode("ascii")
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return text[:MAX_FIELD_CHARS]
 
 
 def from_grpc_error(err: grpc.RpcError) -> TuneplexError:

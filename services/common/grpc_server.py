@@ -32,10 +32,37 @@ GRPC_LATENCY = Histogram(
 # Probes and reflection must work without a key: kubelet does not carry one.
 _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
+# The status message travels as the `grpc-message` header, percent-encoded (up to 3 bytes per
+# UTF-8 byte), and a client refuses headers over 8 KiB in all (gRPC's default
+# max_metadata_size): keep the message well below, whatever its characters.
+MAX_STATUS_MESSAGE_BYTES = 2048
+
+
+def status_message(text: str, budget: int = MAX_STATUS_MESSAGE_BYTES) -> str:
+    """``text`` cut so that its percent-encoded form fits ``budget`` bytes."""
+    marker = "... (truncated)"
+    costs = [_encoded_size(c) for c in text]
+    if sum(costs) <= budget:
+        return text
+    used, room = 0, budget - len(marker)
+    for i, cost in enumerate(costs):
+        if used + cost > room:
+            return text[:i] + marker
+        used += cost
+    return text
+
+
+def _encoded_size(char: str) -> int:
+    if " " <= char <= "~" and char != "%":
+        return 1
+    return 3 * len(char.encode("utf-8", "replace"))
+
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, TuneplexError) and not isinstance(exc, Internal):
-        await context.abort(exc.mapping.grpc_code, exc.message, error_metadata(exc))
+        await context.abort(
+            exc.mapping.grpc_code, status_message(exc.message), error_metadata(exc)
+        )
     log.exception("bug in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see server log")
 
@@ -64,6 +91,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             metadata = dict(context.invocation_metadata() or ())
             check_bearer(metadata.get("authorization"), api_key)
 
+        behavior: Callable[..., Any]  # a coroutine function or an async generator function
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
 
@@ -85,10 +113,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 if handler.unary_unary
                 else grpc.stream_unary_rpc_method_handler
             )
+            behavior = unary_response
         else:
             inner = handler.unary_stream or handler.stream_stream
 
-            async def unary_response(request_or_iterator, context):  # type: ignore[no-redef]
+            async def stream_response(request_or_iterator, context):
                 start = time.perf_counter()
                 try:
                     authorize(context)
@@ -107,8 +136,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 if handler.unary_stream
                 else grpc.stream_stream_rpc_method_handler
             )
+            behavior = stream_response
         return factory(
-            unary_response,
+            behavior,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -30,7 +30,9 @@ K8S_VERSIONS = (MIN_K8S_VERSION, MAX_K8S_VERSION)
 
 def _describe(doc: dict[str, Any], index: int) -> str:
     kind = doc.get("kind") or "?"
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
     name = meta.get("name") or meta.get("generateName") or f"#{index}"
     return f"{kind}/{name}"
 

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.common.auth import check_bearer
+from services.common.errors import Unavailable
 from services.common.metrics import metrics_payload
 from services.gateway.engines import EngineState
+from services.gateway.http_errors import retry_headers
 from services.gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     ErrorResponse,
+    ModelCard,
     ModelList,
 )
 from services.gateway.serving import OpenAIServing
+
+DEGRADED_HEADER = "x-tuneplex-degraded"
 
 
 def serving(request: Request) -> OpenAIServing:
@@ -25,7 +32,7 @@ async def require_api_key(request: Request) -> None:
     check_bearer(request.headers.get("authorization"), request.app.state.settings.api_key_value())
 
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse}
     for status in (400, 401, 404, 429, 503, 504)
 }
@@ -48,18 +55,30 @@ async def create_completion(request: CompletionRequest, raw_request: Request) ->
 
 
 @v1.get("/models", response_model=ModelList)
-async def list_models(raw_request: Request) -> ModelList:
-    return await serving(raw_request).list_models()
+async def list_models(raw_request: Request) -> JSONResponse:
+    listing = await serving(raw_request).list_models()
+    if listing.degraded is None:
+        return JSONResponse(listing.model_dump(exclude={"degraded"}))
+    return JSONResponse(listing.model_dump(),
+                        headers={DEGRADED_HEADER: "registry-unavailable"})
+
+
+@v1.get("/models/{model:path}", response_model=ModelCard)
+async def retrieve_model(model: str, raw_request: Request) -> ModelCard:
+    return await serving(raw_request).retrieve_model(model)
 
 
 @ops.get("/health")
 async def health(raw_request: Request) -> JSONResponse:
-    """200 once an engine can serve; 503 while none can (starting, restarting)."""
+    """200 once an engine can serve; 503 while none can: `starting` while one is (re)starting,
+    `down` when none is coming."""
     engines = raw_request.app.state.engines.engines
     states = {e.id: e.state.value for e in engines}
-    ready = any(e.state == EngineState.READY for e in engines)
-    return JSONResponse({"status": "ok" if ready else "unavailable", "engines": states},
-                        status_code=200 if ready else 503)
+    if any(e.state == EngineState.READY for e in engines):
+        return JSONResponse({"status": "ok", "engines": states})
+    starting = any(e.state == EngineState.STARTING for e in engines)
+    return JSONResponse({"status": "starting" if starting else "down", "engines": states},
+                        status_code=503, headers=retry_headers(Unavailable("no engine")))
 
 
 @ops.get("/metrics")

@@ -4,10 +4,8 @@ one OpenAI-shaped body whose status comes from the error table, never from the t
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,35 +13,20 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.errors import (
-    ERROR_TABLE,
-    Internal,
-    InvalidArgument,
-    ResourceExhausted,
-    TuneplexError,
-    Unavailable,
-)
+from services.common.errors import ERROR_TABLE, InvalidArgument, TuneplexError
 from services.common.version import tuneplex_version
 from services.gateway import metrics
-from services.gateway.adapters import AdapterResolver
 from services.gateway.api_router import attach_routers
-from services.gateway.cache import ArtifactCache
+from services.gateway.cache import VerifiedDiskCache
 from services.gateway.engines import EngineManager
+from services.gateway.http_errors import InternalErrorGuard, error_response
+from services.gateway.registry_guard import GuardedRegistry
+from services.gateway.residency import AdapterResidency
+from services.gateway.resolver import ModelResolver
 from services.gateway.serving import OpenAIServing
 from services.gateway.settings import GatewaySettings
 
-log = logging.getLogger(__name__)
-
 _ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"}
-_RETRYABLE = (Unavailable, ResourceExhausted)
-
-
-def error_response(err: TuneplexError) -> JSONResponse:
-    if isinstance(err, Internal) or err.mapping is ERROR_TABLE[Internal]:
-        log.error("internal error: %s", err.message)
-        err = Internal("internal error")
-    headers = {"x-should-retry": "true"} if isinstance(err, _RETRYABLE) else None
-    return JSONResponse(err.to_openai(), status_code=err.mapping.http_status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -76,11 +59,8 @@ def register_error_handlers(app: FastAPI) -> None:
                     InvalidArgument)
         body = kind(str(exc.detail)).to_openai()
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _bug(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(Internal("internal error"))
+    # Anything else is a bug: InternalErrorGuard (a middleware, see build_app) answers it,
+    # because an `Exception` handler here would make Starlette drop the connection after it.
 
 
 class RequestMetrics:
@@ -117,37 +97,33 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from services.client.registry import AsyncRegistryClient
 
-        registry = AsyncRegistryClient(settings.registry_target,
-                                       api_key=settings.registry_api_key_value(),
-                                       timeout=settings.registry_timeout_s)
+        client = AsyncRegistryClient(settings.registry_target,
+                                     api_key=settings.registry_api_key_value(),
+                                     timeout=settings.registry_timeout_s)
+        registry = GuardedRegistry(client)
         engines: EngineManager | None = None
         try:
-            resolver: Any = None
-
-            def in_use() -> set[str]:
-                keys = resolver.in_use() if resolver else set()
-                for engine in engines.engines if engines else ():
-                    keys |= {a.cache_key for a in engine.adapters.values()}
-                return keys
-
-            cache = ArtifactCache(settings.cache_path, settings.cache_max_bytes, in_use)
-            resolver = AdapterResolver(settings, registry, cache)
+            cache = VerifiedDiskCache(settings.cache_path, settings.cache_max_bytes)
+            resolver = ModelResolver(settings, registry, cache)
             bases = await resolver.prepare_bases()
-            engines = EngineManager(settings, on_ready=resolver.reload)
+            residency = AdapterResidency(settings, registry, cache, pinned=resolver.base_keys)
+            engines = EngineManager(settings, listener=residency)
             engines.serve(bases)
             app.state.engines = engines
-            app.state.serving = OpenAIServing(resolver, engines)
+            app.state.serving = OpenAIServing(resolver, residency, engines,
+                                              default_max_tokens=settings.default_max_tokens)
             engines.start()  # engines come up in the background; /health says when
             yield
         finally:
             if engines is not None:
                 await engines.stop()
-            await registry.close()
+            await client.close()
 
     app = FastAPI(title="tuneplex gateway", version=tuneplex_version(), lifespan=lifespan,
                   docs_url=None, redoc_url=None)
     app.state.settings = settings
     register_error_handlers(app)
     attach_routers(app)
+    app.add_middleware(InternalErrorGuard)  # inside RequestMetrics, so a bug counts as a 500
     app.add_middleware(RequestMetrics)
     return app

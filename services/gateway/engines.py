@@ -2,7 +2,9 @@
 
 Only the gateway talks to an engine. A supervisor task per engine watches it; when it dies the
 engine is marked down (requests get 503 + x-should-retry), a managed one is restarted with
-backoff, and once healthy the adapters it had are loaded again before it takes traffic.
+backoff, and once healthy its listener (adapter residency) is told before it takes traffic, so
+the adapters it had are loaded again first. This module knows processes, health and request
+slots; which adapters an engine has is residency's (residency.py), told through EngineListener.
 """
 
 from __future__ import annotations
@@ -12,18 +14,20 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator
 from enum import Enum
 from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
 
-from services.common.errors import ResourceExhausted, Unavailable
+from services.common.errors import Unavailable
 from services.gateway import metrics
-from services.gateway.models import AdapterVersion, ServedBase
+from services.gateway.admission import AdmissionPolicy, ServiceTime
+from services.gateway.engine_access import EngineAccess, SocketFolder, attached, managed_on_port
+from services.gateway.served import ServedBase
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -39,12 +43,6 @@ class EngineState(str, Enum):
     STOPPED = "stopped"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # Runs first in the child, then execs vLLM: PR_SET_PDEATHSIG survives exec, so vLLM gets
 # SIGTERM if the gateway dies without stopping it. Done in the child Python rather than in a
 # preexec_fn, which is unsafe once the gateway has threads.
@@ -58,24 +56,46 @@ _EXEC_WITH_PARENT_DEATH_SIGNAL = (
 )
 
 
+class Slot:
+    """One request's hold on an engine slot; `served` once its answer went out in full."""
+
+    __slots__ = ("served",)
+
+    def __init__(self) -> None:
+        self.served = False
+
+
 class Engine:
     def __init__(self, engine_id: str, settings: GatewaySettings, base: ServedBase | None,
                  url: str | None):
         self.id = engine_id
         self.base = base  # None for an attached engine until it tells us what it serves
-        self.url = url or ""
         self.managed = url is None
+        # Where and with which key the gateway reaches it; a managed engine gets a new one at
+        # each start (engine_access.py says why nothing else can reach it).
+        self.access: EngineAccess | None = None if url is None else attached(
+            url, settings.engine_api_key_value())
         self.state = EngineState.STARTING
         self.process: asyncio.subprocess.Process | None = None
         self.client: httpx.AsyncClient | None = None
-        # Adapters registered in vLLM, least recently used first.
-        self.adapters: OrderedDict[str, AdapterVersion] = OrderedDict()
+        self.max_model_len: int | None = None  # from the engine's /v1/models once ready
         self.in_flight = 0
         self.waiting = 0
-        self.port: int | None = None  # fixed port of a managed engine; None picks a free one
+        self.port: int | None = None  # fixed port of a managed engine; None: a private socket
+        self.sockets: SocketFolder | None = None  # where a managed engine's socket goes
+        self.index = 0  # its number among the engines: names its socket
         self._settings = settings
-        self._slots = asyncio.Semaphore(settings.max_concurrent_per_engine)
+        self._slots = asyncio.Semaphore(settings.engine_concurrency)
+        self._admission = AdmissionPolicy(settings.engine_concurrency,
+                                          settings.max_queue_per_engine,
+                                          settings.max_queue_time_s or None)
+        self.service_time = ServiceTime()
+        self._started: dict[Slot, float] = {}  # when each request in flight took its slot
         self.check_now = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return self.access.url if self.access is not None else ""
 
     @property
     def load(self) -> int:
@@ -85,10 +105,23 @@ class Engine:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    def http(self) -> httpx.AsyncClient:
+        """The HTTP client of the running engine."""
+        if self.client is None:
+            raise Unavailable(f"the model's engine is {self.state.value}; retry shortly")
+        return self.client
+
+    async def models(self) -> list[dict[str, Any]]:
+        """vLLM's `/v1/models` cards: the served base, and adapters (cards with a parent)."""
+        resp = await self.http().get("/v1/models", timeout=10.0)
+        resp.raise_for_status()
+        return list(resp.json()["data"])
+
     def _open_client(self) -> None:
+        assert self.access is not None
         timeout = httpx.Timeout(self._settings.request_timeout_s, connect=5.0)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        self.client = httpx.AsyncClient(base_url=self.url, timeout=timeout, limits=limits)
+        self.client = self.access.client(timeout, limits)
 
     async def _close_client(self) -> None:
         if self.client is not None:
@@ -96,21 +129,31 @@ class Engine:
             self.client = None
 
     @contextlib.asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        """Hold one of the engine's request slots; 429 when the waiting line is full."""
+    async def admit(self) -> AsyncIterator[Slot]:
+        """Hold one of the engine's request slots. 429 with a retry-after (admission.py) when
+        the expected wait for one is past max_queue_time_s, or the waiting line is full. The
+        caller marks the slot served once the whole answer went out: only those durations
+        make the estimate (a failed or abandoned request says nothing about a served one)."""
         if self.state != EngineState.READY:
-            raise Unavailable(f"engine {self.id} is {self.state.value}; retry shortly")
-        if self._slots.locked() and self.waiting >= self._settings.max_queue_per_engine:
-            raise ResourceExhausted("too many requests in flight for this model; retry later")
+            raise Unavailable(f"the model's engine is {self.state.value}; retry shortly")
+        decision = self._admission.decide(self._started.values(), self.waiting,
+                                          time.monotonic(), self.service_time)
+        if not decision.admit:
+            metrics.REQUESTS_REFUSED.inc()
+            raise self._admission.refusal(decision)
         self.waiting += 1
         try:
             await self._slots.acquire()
         finally:
             self.waiting -= 1
-        self.in_flight += 1
+        slot, self.in_flight = Slot(), self.in_flight + 1
+        self._started[slot] = time.monotonic()
         try:
-            yield
+            yield slot
         finally:
+            held = time.monotonic() - self._started.pop(slot)
+            if slot.served:
+                self.service_time.observe(held)
             self.in_flight -= 1
             self._slots.release()
 
@@ -123,25 +166,30 @@ class Engine:
             return False
         return resp.status_code == 200
 
-    def command(self, port: int) -> list[str]:
+    def command(self, port: int | None) -> list[str]:
         s = self._settings
-        assert self.base is not None
+        assert self.base is not None and self.access is not None
         cmd = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.base.path), "--served-model-name", self.base.name,
             "--enable-lora", "--max-loras", str(s.max_loras),
             "--max-cpu-loras", str(s.adapter_capacity), "--max-lora-rank", str(s.max_lora_rank),
-            "--dtype", s.dtype, "--host", "127.0.0.1", "--port", str(port),
-            "--disable-uvicorn-access-log",
+            "--dtype", s.dtype, *self.access.listen_args(port), "--disable-uvicorn-access-log",
         ]
         if s.max_model_len:
             cmd += ["--max-model-len", str(s.max_model_len)]
         return cmd + list(s.engine_extra_args)
 
     async def spawn(self, log_dir: Path) -> None:
-        port = self.port or _free_port()
-        self.url = f"http://127.0.0.1:{port}"
+        port = self.port
+        if port:
+            self.access = managed_on_port(port)
+        else:
+            assert self.sockets is not None
+            self.access = self.sockets.access(self.index)
         env = dict(os.environ)
+        env.pop("VLLM_API_KEY", None)
+        env.update(self.access.env())  # not --api-key: a command line is readable by anyone
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._settings.kv_cache_gib))
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -152,7 +200,8 @@ class Engine:
                 # Its own process group, so stopping it reaches vLLM's engine-core children.
                 start_new_session=True,
             )
-        log.info("engine %s: started vLLM pid %s on %s", self.id, self.process.pid, self.url)
+        log.info("engine %s: started vLLM pid %s on %s", self.id, self.process.pid,
+                 self.access.uds or self.access.url)
         await self._close_client()
         self._open_client()
 
@@ -175,17 +224,25 @@ class Engine:
         self.process = None
 
 
-OnReady = Callable[[Engine, list[AdapterVersion]], Awaitable[None]]
+class EngineListener(Protocol):
+    """Told of an engine's lifecycle by the EngineManager; the manager knows nothing else of
+    it (adapter residency implements it)."""
+
+    async def engine_ready(self, engine: Engine) -> None:
+        """The engine answers health, on first start or after a restart or outage, and takes
+        traffic once this returns. Raising keeps it down; it is tried again with backoff."""
+        ...
 
 
 class EngineManager:
-    def __init__(self, settings: GatewaySettings, on_ready: OnReady):
+    def __init__(self, settings: GatewaySettings, listener: EngineListener):
         self._settings = settings
-        self._on_ready = on_ready
+        self._listener = listener
         self._bases: dict[str, ServedBase] = {}
         self.engines: list[Engine] = []
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
+        self._sockets: SocketFolder | None = None
 
     def serve(self, bases: list[ServedBase]) -> None:
         self._bases = {b.name: b for b in bases}
@@ -196,8 +253,11 @@ class EngineManager:
             for base in bases:
                 for i in range(self._settings.engines_per_model):
                     self.engines.append(Engine(f"{base.name}-{i}", self._settings, base, None))
-            if self._settings.engine_port_start:
-                for offset, engine in enumerate(self.engines):
+            if not self._settings.engine_port_start:
+                self._sockets = SocketFolder()
+            for offset, engine in enumerate(self.engines):
+                engine.index, engine.sockets = offset, self._sockets
+                if self._settings.engine_port_start:
                     engine.port = self._settings.engine_port_start + offset
 
     def start(self) -> None:
@@ -213,6 +273,8 @@ class EngineManager:
             engine.state = EngineState.STOPPED
             await engine.kill()
             await engine._close_client()
+        if self._sockets is not None:
+            self._sockets.remove()
 
     def for_base(self, name: str) -> list[Engine]:
         return [e for e in self.engines if e.base is not None and e.base.name == name]
@@ -232,24 +294,21 @@ class EngineManager:
     async def _supervise(self, engine: Engine) -> None:
         backoff, up_before = 1.0, False
         while not self._stopping.is_set():
-            had = list(engine.adapters.values())
-            engine.adapters.clear()
             try:
                 if engine.managed:
+                    # Said by /health and in 503s: coming back, not gone.
+                    self._set_state(engine, EngineState.STARTING)
                     await engine.spawn(self._settings.home / "logs")
                 elif engine.client is None:
                     engine._open_client()
                 if not await self._wait_healthy(engine):
                     raise Unavailable("engine did not become healthy")
-                if not engine.managed:
-                    await self._discover(engine, had)
-                await self._on_ready(engine, had)
+                await self._discover(engine)
+                await self._listener.engine_ready(engine)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means: down, retry later
                 log.warning("engine %s: not ready (%s); retrying in %.0fs", engine.id, exc, backoff)
-                for adapter in had:  # keep the list so a later attempt reloads them
-                    engine.adapters.setdefault(adapter.lora_id, adapter)
                 self._set_state(engine, EngineState.DOWN)
                 await engine.kill()
                 await self._sleep(backoff)
@@ -259,7 +318,7 @@ class EngineManager:
                 metrics.ENGINE_RESTARTS.inc()
             up_before, backoff = True, 1.0
             self._set_state(engine, EngineState.READY)
-            log.info("engine %s: ready with %d adapters", engine.id, len(engine.adapters))
+            log.info("engine %s: ready", engine.id)
             await self._watch(engine)
             if self._stopping.is_set():
                 return
@@ -281,25 +340,20 @@ class EngineManager:
             await asyncio.sleep(0.5)
         return False
 
-    async def _discover(self, engine: Engine, had: list[AdapterVersion]) -> None:
-        """Learn which base an attached engine serves and which adapters it still has (it may
-        have restarted behind our back, losing them)."""
-        assert engine.client is not None
-        resp = await engine.client.get("/v1/models", timeout=10.0)
-        resp.raise_for_status()
-        cards = resp.json()["data"]
-        served = {c["id"] for c in cards if not c.get("parent")}
-        matches = [b for name, b in self._bases.items() if name in served]
-        if not matches:
-            raise Unavailable(f"engine serves {sorted(served)}, none of {sorted(self._bases)}")
-        engine.base = matches[0]
-        registered = {c["id"] for c in cards if c.get("parent")}
-        for adapter in had:
-            if adapter.lora_id in registered:
-                engine.adapters[adapter.lora_id] = adapter
-        for card in cards:  # adapters loaded by someone else are left alone, not tracked
-            if card.get("parent") and card["id"] not in engine.adapters:
-                log.info("engine %s: ignoring adapter %s it already had", engine.id, card["id"])
+    async def _discover(self, engine: Engine) -> None:
+        """Learn which base an attached engine serves, and the context length of any engine
+        (what caps a request's default max_tokens: vLLM refuses max_tokens above it)."""
+        bases = [c for c in await engine.models() if not c.get("parent")]
+        if not engine.managed:
+            served = {c["id"] for c in bases}
+            matches = [b for name, b in self._bases.items() if name in served]
+            if not matches:
+                raise Unavailable(
+                    f"engine serves {sorted(served)}, none of {sorted(self._bases)}")
+            engine.base = matches[0]
+        assert engine.base is not None
+        lengths = [c.get("max_model_len") for c in bases if c["id"] == engine.base.name]
+        engine.max_model_len = lengths[0] if lengths and isinstance(lengths[0], int) else None
 
     async def _watch(self, engine: Engine) -> None:
         """Return when the engine is gone: its process exited, or health failed repeatedly."""

@@ -60,3 +60,8 @@ ENGINE_RESTARTS = Counter(
     "gateway_engine_restarts_total", "vLLM engines brought back after a crash or outage."
 )
 ENGINES_READY = Gauge("gateway_engines_ready", "vLLM engines ready to serve.")
+REQUESTS_REFUSED = Counter(
+    "gateway_requests_refused_total",
+    "Requests answered 429 at once because their expected wait for an engine was too long "
+    "(max_queue_time_s) or its waiting line was full (max_queue_per_engine).",
+)

@@ -15,7 +15,10 @@ _EXAMPLE_MODEL = "smollm2-135m-instruct"
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Strict where OpenAI is: `"max_tokens": "10"` or `"stream": "yes"` is a 400 there, and
+    # coercing it here would accept what the SDKs and the engine do not (an int still passes
+    # for a float, as in JSON).
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class StreamOptions(_Open):
@@ -67,6 +70,8 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+    # Set (and the `x-tuneplex-degraded` header) when the list is partial: the registry is out.
+    degraded: str | None = None
 
 
 class ErrorDetail(BaseModel):

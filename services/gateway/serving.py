@@ -1,6 +1,8 @@
-"""The logic behind /v1/chat/completions and /v1/completions: resolve `model`, pick an engine,
-make sure the adapter is loaded there, rewrite `model` to vLLM's internal id and proxy the
-request, streaming SSE through untouched except for `model` and the usage chunk we asked for.
+"""The logic behind /v1/chat/completions and /v1/completions: resolve `model` (resolver), pick
+an engine (engine_picker), take one of its request slots (Engine.admit: the queue and the 429),
+have residency make sure the adapter is loaded there, rewrite `model` to vLLM's internal id and
+proxy the request, streaming SSE through untouched except for `model` and the usage chunk we
+asked for.
 
 Client disconnects abort the upstream request (vLLM stops generating when its connection
 closes), so an abandoned request does not keep burning engine time.
@@ -23,61 +25,82 @@ from starlette.background import BackgroundTask
 
 from services.common.errors import (
     DeadlineExceeded,
-    InvalidArgument,
+    FailedPrecondition,
     NotFound,
-    ResourceExhausted,
     TuneplexError,
     Unavailable,
 )
 from services.gateway import metrics
-from services.gateway.adapters import AdapterResolver
-from services.gateway.engines import Engine, EngineManager
-from services.gateway.models import ResolvedModel
+from services.gateway.engine_errors import upstream_error
+from services.gateway.engine_picker import pick_engine
+from services.gateway.engines import Engine, EngineManager, Slot
 from services.gateway.protocol import ModelCard, ModelList
-from services.gateway.router import pick_engine
+from services.gateway.residency import AdapterResidency
+from services.gateway.resolver import ModelResolver
+from services.gateway.served import ResolvedModel
 
 log = logging.getLogger(__name__)
 
 _CLIENT_CLOSED = 499
 
 
-def upstream_error(status: int, content: bytes) -> TuneplexError:
-    """vLLM's error for a request, re-raised as ours: its 400s (context too long, bad sampling
-    parameters) are the user's to fix and keep their message; its 5xx mean the engine is sick."""
-    try:
-        err = json.loads(content)["error"]
-        message, param = str(err.get("message") or ""), err.get("param")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        message, param = content[:500].decode(errors="replace"), None
-    param = param if isinstance(param, str) else None
-    if status == 404:
-        return NotFound(message or "not found", param=param)
-    if status == 429:
-        return ResourceExhausted(message or "engine overloaded")
-    if status >= 500:
-        return Unavailable(f"engine error: {message}" if message else "engine error")
-    return InvalidArgument(message or f"engine refused the request ({status})", param=param)
+def cap_max_tokens(body: dict[str, Any], default: int, context: int | None) -> None:
+    """A request that gives no `max_tokens` (or null, or for chats no max_completion_tokens)
+    gets `default`, cut to the engine's context: vLLM refuses a max_tokens above it, and
+    itself cuts one that does not fit next to the prompt."""
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        body.pop("max_completion_tokens", None)
+        body["max_tokens"] = min(default, context) if context else default
 
 
 class OpenAIServing:
-    def __init__(self, resolver: AdapterResolver, engines: EngineManager):
+    def __init__(self, resolver: ModelResolver, residency: AdapterResidency,
+                 engines: EngineManager, *, default_max_tokens: int):
         self._resolver = resolver
+        self._residency = residency
         self._engines = engines
+        self._default_max_tokens = default_max_tokens
+        # Base models are "created" when this gateway started serving them: a stable value,
+        # so a listing and a retrieve agree.
+        self._since = int(time.time())
 
     async def list_models(self) -> ModelList:
-        now = int(time.time())
-        cards = [ModelCard(id=b.name, created=now, root=b.ref)
-                 for b in self._resolver.bases.values()]
+        """Bases, and every adapter the registry has that these bases can serve. During a
+        registry outage only the bases, and `degraded` says why."""
+        cards = [self._base_card(b) for b in self._resolver.bases.values()]
         try:
             adapters = await self._resolver.servable_adapters()
         except Unavailable as exc:
             log.warning("registry unavailable, listing base models only: %s", exc)
-            adapters = []
-        for artifact, base in adapters:
-            cards.append(ModelCard(
-                id=artifact.name, created=artifact.create_time.seconds or now, parent=base.name,
-                root=f"{artifact.name}@{artifact.latest.version}"))
+            return ModelList(data=cards, degraded="the model registry is unavailable: only "
+                             "base models are listed; retry shortly for the adapters")
+        cards += [self._adapter_card(artifact, base) for artifact, base in adapters]
         return ModelList(data=cards)
+
+    async def retrieve_model(self, model: str) -> ModelCard:
+        """`GET /v1/models/{model}`: the card the listing has for it; a ref that is not listed
+        by name (`name@2`, `name@alias`) gets a card for what it resolves to."""
+        base = self._resolver.bases.get(model)
+        if base is not None:
+            return self._base_card(base)
+        try:
+            resolved = await self._resolver.resolve(model)
+        except FailedPrecondition as exc:  # found, but not served here: not in the listing
+            raise NotFound(exc.message, param="model", code="model_not_found") from None
+        if resolved.adapter is None:
+            return self._base_card(resolved.base)
+        for artifact, base in await self._resolver.servable_adapters():
+            if artifact.name == model:
+                return self._adapter_card(artifact, base)
+        return ModelCard(id=model, created=self._since, parent=resolved.base.name,
+                         root=resolved.adapter.ref)
+
+    def _base_card(self, base: Any) -> ModelCard:
+        return ModelCard(id=base.name, created=self._since, root=base.ref)
+
+    def _adapter_card(self, artifact: Any, base: Any) -> ModelCard:
+        return ModelCard(id=artifact.name, created=artifact.create_time.seconds or self._since,
+                         parent=base.name, root=f"{artifact.name}@{artifact.latest.version}")
 
     async def create(self, route: str, path: str, body: dict[str, Any], raw: Request) -> Response:
         """Serve one chat or completion request. `body` is the validated request as a dict."""
@@ -92,30 +115,32 @@ class OpenAIServing:
                 body["stream_options"] = {**options, "include_usage": True}
                 strip_usage = True
         engines = self._engines.for_base(resolved.base.name)
-        lora_id = resolved.adapter.lora_id if resolved.adapter else None
-        engine = pick_engine(engines, lora_id, resolved.base.name)
+        warm = self._residency.engines_with(resolved.adapter.lora_id) if resolved.adapter else ()
+        engine = pick_engine(engines, resolved.base.name, warm)
+        cap_max_tokens(body, self._default_max_tokens, engine.max_model_len)
         payload = json.dumps(body).encode()
 
         if not body.get("stream"):
-            async with engine.admit():
+            async with engine.admit() as slot:
                 resp = await _cancel_on_disconnect(self._send(engine, path, payload, resolved), raw)
                 if resp is None:
                     return Response(status_code=_CLIENT_CLOSED)
                 data = json.loads(resp)
+                slot.served = True
             data["model"] = resolved.public_name
             _count_usage(data.get("usage"))
             metrics.TIME_TO_FIRST_TOKEN.labels(route=route).observe(time.perf_counter() - start)
             return JSONResponse(data)
 
         stack = contextlib.AsyncExitStack()
-        await stack.enter_async_context(engine.admit())
+        slot = await stack.enter_async_context(engine.admit())
         try:
             upstream = await self._open(engine, path, payload, resolved)
         except BaseException:
             await stack.aclose()
             raise
         stack.push_async_callback(upstream.aclose)
-        events = self._relay(engine, upstream, resolved, strip_usage, route, start, stack)
+        events = self._relay(engine, upstream, resolved, strip_usage, route, start, stack, slot)
         # The background close covers a client that leaves before the first event, when the
         # generator never runs and so never reaches its own cleanup.
         return StreamingResponse(events, media_type="text/event-stream",
@@ -136,37 +161,41 @@ class OpenAIServing:
                     resolved: ResolvedModel) -> httpx.Response:
         """Start the upstream request; return it once vLLM answered 200 with headers."""
         for attempt in range(2):
-            if resolved.adapter is not None:
-                await self._resolver.ensure_loaded(engine, resolved.adapter)
-            assert engine.client is not None
-            request = engine.client.build_request(
-                "POST", path, content=payload, headers={"content-type": "application/json"})
-            try:
-                upstream = await engine.client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                raise self._lost(engine, exc) from exc
+            async with contextlib.AsyncExitStack() as loaded:
+                if resolved.adapter is not None:
+                    await loaded.enter_async_context(
+                        self._residency.loaded(engine, resolved.adapter))
+                client = engine.http()
+                request = client.build_request(
+                    "POST", path, content=payload, headers={"content-type": "application/json"})
+                try:
+                    upstream = await client.send(request, stream=True)
+                except httpx.HTTPError as exc:
+                    raise self._lost(engine, exc) from exc
             if upstream.status_code == 200:
                 return upstream
             content = await upstream.aread()
             await upstream.aclose()
             if upstream.status_code == 404 and resolved.adapter is not None and attempt == 0:
                 # The engine lost the adapter (restarted behind our back): load it again.
-                self._resolver.forget(engine, resolved.adapter)
+                self._residency.forget(engine, resolved.adapter)
                 continue
             if upstream.status_code >= 500:
                 self._engines.report_failure(engine)
-            raise upstream_error(upstream.status_code, content)
+            raise upstream_error(upstream.status_code, content, resolved.upstream_name,
+                                 resolved.public_name)
         raise Unavailable("engine keeps losing the adapter; retry")
 
     def _lost(self, engine: Engine, exc: httpx.HTTPError) -> TuneplexError:
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
             return DeadlineExceeded("the engine did not answer within the request timeout")
         self._engines.report_failure(engine)
-        return Unavailable(f"engine {engine.id} is unreachable; retry shortly")
+        log.warning("engine %s unreachable: %s", engine.id, exc)
+        return Unavailable("the model's engine is unreachable; retry shortly")
 
     async def _relay(self, engine: Engine, upstream: httpx.Response, resolved: ResolvedModel,
                      strip_usage: bool, route: str, start: float,
-                     stack: contextlib.AsyncExitStack) -> AsyncIterator[bytes]:
+                     stack: contextlib.AsyncExitStack, slot: Slot) -> AsyncIterator[bytes]:
         internal = f'"model":"{resolved.upstream_name}"'.encode()
         public = f'"model":{json.dumps(resolved.public_name)}'.encode()
         first, buffer = True, b""
@@ -186,6 +215,7 @@ class OpenAIServing:
                     yield event.replace(internal, public)
             if buffer.strip():
                 yield buffer
+            slot.served = True
         except httpx.HTTPError as exc:
             # Headers are sent already: the error can only travel as a last SSE event.
             err = self._lost(engine, exc)

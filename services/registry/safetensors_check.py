@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, shown
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
 
@@ -37,7 +37,7 @@ ITEM_BYTES = {
 }
 
 
-def _all_finite(dtype: str, buf: bytes) -> bool:
+def _all_finite(dtype: str, buf: bytes | memoryview) -> bool:
     if dtype == "F32":
         return bool(np.isfinite(np.frombuffer(buf, "<f4")).all())
     if dtype == "F64":
@@ -115,17 +115,17 @@ class SafetensorsCheck:
                 for dim in shape:
                     numel *= int(dim)
             except (KeyError, TypeError, ValueError):
-                raise self._fail(f"tensor {name!r} has a malformed header entry") from None
+                raise self._fail(f"tensor {shown(name)} has a malformed header entry") from None
             if dtype not in ITEM_BYTES:
-                raise self._fail(f"tensor {name!r} has unknown dtype {dtype!r}")
+                raise self._fail(f"tensor {shown(name)} has unknown dtype {shown(dtype, 40)}")
             if end - begin != numel * ITEM_BYTES[dtype] or begin < 0:
-                raise self._fail(f"tensor {name!r}: offsets do not match its shape and dtype")
+                raise self._fail(f"tensor {shown(name)}: offsets do not match its shape and dtype")
             tensors.append(_Tensor(name, dtype, begin, end))
         tensors.sort(key=lambda t: t.begin)
         pos = 0
         for t in tensors:
             if t.begin != pos:
-                raise self._fail(f"tensor {t.name!r}: data offsets overlap or leave a gap")
+                raise self._fail(f"tensor {shown(t.name)}: data offsets overlap or leave a gap")
             pos = t.end
         if 8 + len(raw) + pos != self.size:
             raise self._fail(
@@ -153,7 +153,7 @@ class SafetensorsCheck:
         buf = self._carry + bytes(piece) if self._carry else piece
         whole = len(buf) - len(buf) % item
         if whole and not _all_finite(t.dtype, buf[:whole]):
-            raise self._fail(f"tensor {t.name!r} contains NaN or Inf values")
+            raise self._fail(f"tensor {shown(t.name)} contains NaN or Inf values")
         self._carry = bytes(buf[whole:])
 
     def finish(self) -> None:

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import InvalidArgument, ResourceExhausted, shown
 from services.common.stubs import registry_pb2
 from services.registry.dataset_check import DatasetCheck
-from services.registry.names import check_file_path, check_name, is_pickle, kind_name
+from services.registry.names import check_file_layout, check_name, is_pickle, kind_name
 from services.registry.safetensors_check import SafetensorsCheck
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -80,13 +80,11 @@ def plan_upload(
         raise InvalidArgument("an upload needs at least one file", param="files")
     if len(files) > MAX_FILES:
         raise InvalidArgument(f"too many files ({len(files)} > {MAX_FILES})", param="files")
-    seen: set[str] = set()
+    # Before a byte is stored: a layout no file system can hold would be a version that every
+    # download fails on.
+    check_file_layout(f.path for f in files)
     total = 0
     for f in files:
-        check_file_path(f.path)
-        if f.path in seen:
-            raise InvalidArgument(f"file {f.path!r} listed twice", param="files")
-        seen.add(f.path)
         if is_pickle(f.path):
             raise InvalidArgument(
                 f"{f.path}: pickle files (.bin, .pt, .pkl, ...) can run code when loaded and are "
@@ -165,12 +163,12 @@ def adapter_info(cfg: dict) -> registry_pb2.AdapterInfo:
 
     peft_type = cfg.get("peft_type")
     if peft_type != "LORA":
-        raise bad(f"peft_type is {peft_type!r}; only LoRA (and DoRA) adapters are served")
+        raise bad(f"peft_type is {shown(peft_type, 40)}; only LoRA (and DoRA) adapters are served")
     rank, alpha = cfg.get("r"), cfg.get("lora_alpha")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-        raise bad(f"'r' must be a positive integer, got {rank!r}")
+        raise bad(f"'r' must be a positive integer, got {shown(rank, 40)}")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
-        raise bad(f"'lora_alpha' must be a positive number, got {alpha!r}")
+        raise bad(f"'lora_alpha' must be a positive number, got {shown(alpha, 40)}")
     targets = cfg.get("target_modules")
     if isinstance(targets, str):
         targets = [targets]  # PEFT allows one regex string
@@ -179,7 +177,7 @@ def adapter_info(cfg: dict) -> registry_pb2.AdapterInfo:
     to_save = cfg.get("modules_to_save") or []
     if not isinstance(to_save, list) or not all(isinstance(m, str) for m in to_save):
         raise bad("'modules_to_save' must be a list of module names")
-    flags = {}
+    flags: dict[str, bool] = {}
     for key in ("use_dora", "use_rslora"):
         value = cfg.get(key) or False
         if not isinstance(value, bool):
@@ -192,7 +190,8 @@ def adapter_info(cfg: dict) -> registry_pb2.AdapterInfo:
         target_modules=sorted(targets),
         modules_to_save=to_save,
         task_type=str(cfg.get("task_type") or ""),
-        **flags,
+        use_dora=flags["use_dora"],
+        use_rslora=flags["use_rslora"],
     )
 
 

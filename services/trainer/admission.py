@@ -15,7 +15,7 @@ from google.protobuf.json_format import MessageToDict
 
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.common.stubs import trainer_pb2
-from services.trainer.artifacts import ArtifactCache, model_config, version_ref
+from services.trainer.artifacts import RegistryPullCache, model_config, version_ref
 from services.trainer.device import DeviceInfo
 from services.trainer.export_spec import ExportConfig, export_config_from_proto, merge_load_plan
 from services.trainer.memory import (
@@ -61,7 +61,7 @@ def training_spec_of(spec: trainer_pb2.JobSpec, runner: str) -> trainer_pb2.Trai
 class Admission:
     def __init__(
         self,
-        cache: ArtifactCache,
+        cache: RegistryPullCache,
         device: DeviceInfo,
         runner: str,
         host_memory_bytes: int | None = None,

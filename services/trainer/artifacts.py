@@ -10,40 +10,30 @@ import shutil
 import uuid
 from pathlib import Path
 
-from services.common.errors import FailedPrecondition, NotFound
+from services.common.errors import FailedPrecondition, NotFound, shown
+from services.common.refs import parse_ref
 
 
 def version_ref(artifact) -> str:
     return f"{artifact.name}@{artifact.version}"
 
 
-def versions_of(client, kind: str, name: str) -> list:
-    """Every version of ``kind`` ``name``; none when the name is unknown."""
-    try:
-        return list(client.versions(kind, name))
-    except NotFound:
-        return []
+class RegistryPullCache:
+    """Registry versions pulled to local folders, once per version."""
 
-
-def published_by(versions: list, job_id: str):
-    """The version job ``job_id`` published, if any. A worker killed after the registry
-    committed its push but before it reported is retried; the retry must find that version
-    rather than train and publish a second one."""
-    return next((v for v in versions if v.lineage.job_id == job_id), None)
-
-
-class ArtifactCache:
     def __init__(self, client, cache_dir: Path):
         self.client = client
         self.cache_dir = cache_dir
 
     def resolve(self, kind: str, ref: str, param: str):
-        """The version ``ref`` names, or NotFound naming the spec field."""
+        """The version ``ref`` names, or InvalidArgument / NotFound naming the spec field."""
+        # Parsed here, not only by the registry, so a malformed ref names the job's field.
+        parse_ref(ref, param=param)
         try:
             return self.client.resolve(kind, ref)
         except NotFound as exc:
             raise NotFound(
-                f"{kind} {ref!r} is not in the registry ({exc.message}); push it first "
+                f"{kind} {shown(ref)} is not in the registry ({exc.message}); push it first "
                 f"(`tuneplex {kind}s push`) or fix {param.rsplit('.', 1)[-1]}",
                 param=param,
                 code=f"{kind}_not_found",

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+PROBE_TIMEOUT_S = 300  # importing torch (and CUDA init) on a cold, busy machine
 
 
 @dataclass(frozen=True)
@@ -25,8 +30,8 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def detect_device(memory_override: int | None = None) -> DeviceInfo:
-    """The device of this machine. ``memory_override`` replaces the detected memory (settings)."""
+def probe_device() -> DeviceInfo:
+    """This machine's device as torch sees it (what the workers will train on)."""
     import psutil
     import torch
 
@@ -35,19 +40,47 @@ def detect_device(memory_override: int | None = None) -> DeviceInfo:
         return DeviceInfo(
             cuda=True,
             gpu_count=torch.cuda.device_count(),
-            memory_bytes=memory_override or props.total_memory,
+            memory_bytes=props.total_memory,
             name=f"cuda:{props.name}",
             cpu_bf16=cpu_has_fast_bf16(),
         )
     return DeviceInfo(
         cuda=False,
         gpu_count=0,
-        memory_bytes=memory_override or psutil.virtual_memory().total,
+        memory_bytes=psutil.virtual_memory().total,
         name="cpu",
         cpu_bf16=cpu_has_fast_bf16(),
     )
 
 
+def detect_device(memory_override: int | None = None) -> DeviceInfo:
+    """The device of this machine. ``memory_override`` replaces the detected memory (settings).
+
+    Probed in a child process (``python -m services.trainer.device``): importing torch for
+    this one question would cost the long-lived service seconds of start and hundreds of MiB
+    that only the workers need."""
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-m", __name__],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            cwd=Path(__file__).resolve().parents[2],
+            check=True,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        detail = (getattr(exc, "stderr", "") or "").strip().splitlines()[-1:] or [str(exc)]
+        raise RuntimeError(f"probing the training device failed: {detail[0]}") from None
+    device = DeviceInfo(**json.loads(probe.stdout.strip().splitlines()[-1]))
+    if memory_override:
+        device = replace(device, memory_bytes=memory_override)
+    return device
+
+
 def cluster_gpu_device(gpus: int, memory_bytes: int) -> DeviceInfo:
     """The device a Kubernetes GPU node offers, as configured (the service cannot see it)."""
     return DeviceInfo(cuda=True, gpu_count=gpus, memory_bytes=memory_bytes, name="cuda:k8s")
+
+
+if __name__ == "__main__":
+    print(json.dumps(asdict(probe_device())))

@@ -15,8 +15,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.refs import check_name, parse_ref
 from services.common.stubs import trainer_pb2
-from services.trainer.spec import NAME_RE, PRECISIONS, REF_RE, Precision
+from services.trainer.spec import PRECISIONS, Precision
 
 E = "export."
 
@@ -60,18 +61,9 @@ def _check(ok: bool, message: str, param: str) -> None:
 def export_config_from_proto(spec: trainer_pb2.ExportSpec) -> ExportConfig:
     """Validate ``spec`` and apply the defaults (bf16 weights, no Modelfile)."""
     _check(bool(spec.adapter), "export.adapter is required, e.g. `sql-lora@3`", E + "adapter")
-    _check(
-        bool(REF_RE.match(spec.adapter)),
-        f"adapter {spec.adapter!r} is not `name`, `name@version` or `name@alias`",
-        E + "adapter",
-    )
+    parse_ref(spec.adapter, param=E + "adapter")
     _check(bool(spec.output_name), "export.output_name is required", E + "output_name")
-    _check(
-        bool(NAME_RE.match(spec.output_name)) and ".." not in spec.output_name,
-        f"output_name {spec.output_name!r} is not a name: use lowercase letters, digits, '-', "
-        "'_' and '.' (no '..'), starting with a letter or digit, at most 63 characters",
-        E + "output_name",
-    )
+    check_name(spec.output_name, "output_name", param=E + "output_name")
     precision: Precision = "bf16"
     if spec.precision != trainer_pb2.PRECISION_UNSPECIFIED:
         _check(

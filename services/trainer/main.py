@@ -15,20 +15,23 @@ from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
 from services.common.stubs import trainer_pb2, trainer_pb2_grpc
 from services.trainer.admission import Admission
-from services.trainer.artifacts import ArtifactCache
+from services.trainer.artifacts import RegistryPullCache
 from services.trainer.device import cluster_gpu_device, detect_device
 from services.trainer.queue import JobQueue
+from services.trainer.runners.base import Runner
 from services.trainer.service import TrainerServicer
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import JobStore
 from services.trainer.supervisor import JobSupervisor
+from services.trainer.worker.protocol import REGISTRY_KEY_ENV
 
 log = logging.getLogger("services.trainer")
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
-def build_runner(settings: TrainerSettings, store: JobStore):
+def build_runner(settings: TrainerSettings, store: JobStore) -> Runner:
+    """The runner the settings name; typed with the Protocol so mypy holds both to it."""
     if settings.runner == "kubernetes":
         from services.trainer.runners.kubernetes import KubernetesRunner
 
@@ -38,7 +41,7 @@ def build_runner(settings: TrainerSettings, store: JobStore):
     from services.trainer.runners.local import LocalRunner
 
     key = settings.registry_api_key_value()
-    return LocalRunner({"TUNEPLEX_TRAINER_REGISTRY_API_KEY": key} if key else {})
+    return LocalRunner({REGISTRY_KEY_ENV: key} if key else {})
 
 
 async def recover(store: JobStore, supervisor: JobSupervisor, queue: JobQueue) -> int:
@@ -72,7 +75,7 @@ async def serve(settings: TrainerSettings) -> None:
         device = cluster_gpu_device(settings.k8s_gpus, settings.device_memory_bytes or 80 * 1024**3)
     else:  # local, or Kubernetes CPU nodes (sized by DEVICE_MEMORY_BYTES when set)
         device = await asyncio.to_thread(detect_device, settings.device_memory_bytes)
-    admission = Admission(ArtifactCache(registry, work / "cache"), device, settings.runner)
+    admission = Admission(RegistryPullCache(registry, work / "cache"), device, settings.runner)
     supervisor = JobSupervisor(
         store,
         build_runner(settings, store),

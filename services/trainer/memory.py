@@ -7,14 +7,26 @@ Terms, per training device:
   fine-tuning) held in fp32 with fp32 gradients and two fp32 moments (m, v); full fine-tuning in
   mixed precision is the classic 16 bytes/parameter (2 half weights + 2 half grads + 4 master +
   8 moments, ZeRO paper, Rajbhandari et al. 2020);
-- activations: per layer s*b*h*(34 + 5*a*s/h) bytes in 16-bit (Korthikanti et al. 2022, "Reducing
-  Activation Recomputation"), doubled in fp32; with gradient checkpointing only each layer's
-  input (2*s*b*h) is kept plus one layer recomputed;
-- logits: b*s*vocab in fp32, twice (logits and their gradient), since the loss is computed in fp32;
+- activations: per layer s*b*h*K bytes in fp32, halved in 16-bit, with K = ACTIVATION_BYTES
+  calibrated (below). Korthikanti et al. 2022 ("Reducing Activation Recomputation") count
+  s*b*h*(34 + 5*a*s/h) in 16-bit for a GPT layer; ours differ: the a*s/h term is the attention
+  matrix, which torch's sdpa kernels (flash on CPU and CUDA) never keep (measured: batch 1 x 1024
+  tokens peaks where batch 2 x 512 does), and LoRA's dropout keeps a copy of every adapted
+  linear layer's input, SwiGLU keeps intermediate-sized tensors, RMSNorm works in fp32.
+  With gradient checkpointing only each layer's input (2*s*b*h in 16-bit) is kept plus one
+  layer recomputed;
+- logits: b*s*vocab in fp32, LOGITS_COPIES times (calibrated; the loss is computed in fp32 and
+  for a small model with a large vocabulary this is the largest per-token term);
 - multi-GPU: model states from DeepSpeed's ``estimate_zero2/3_model_states_mem_needs`` (no
   offload) applied to the trainable parameters, frozen weights replicated (ZeRO-2) or sharded
   (ZeRO-3);
-- a fixed framework overhead (CUDA context / Python + torch).
+- a fixed framework overhead (CUDA context / Python + torch, TRL, datasets and the tokenizer).
+
+Calibrated on the CPU (``benchmarks/memory_estimate.py``: the SFT recipe's peak RSS, rows filling
+max_seq_length, SmolLM2-135M in fp32; table in docs/trainer.md): ACTIVATION_BYTES, LOGITS_COPIES
+and CPU_TRAINING_OVERHEAD, fitted so that every measured configuration's estimate
+is 1.0-1.11x its peak. Not calibrated (no GPU to measure on): the halving in 16-bit, the CUDA
+overhead, the multi-GPU and 4-bit terms, which keep their derivations above.
 """
 
 from __future__ import annotations
@@ -31,6 +43,22 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 NF4_BYTES = 0.5 * 1.0625
 CUDA_OVERHEAD = int(0.75 * GIB)
 CPU_OVERHEAD = int(1.0 * GIB)
+# Python + torch + transformers/TRL/datasets and the tokenizer in a training worker: the intercept
+# of the measured peaks less the fp32 weights (the export estimate keeps its own 1 GiB).
+CPU_TRAINING_OVERHEAD = int(0.55 * GIB)
+# fp32 bytes a layer keeps per token and hidden unit for the backward pass (26 fp32 values: the
+# linear inputs and LoRA dropout copies, q/k/v before and after RoPE, the attention output,
+# SwiGLU's intermediate-sized tensors, RMSNorm in fp32). Fitted with LOGITS_COPIES on the
+# difference gradient checkpointing makes (it drops all but one layer's activations).
+ACTIVATION_BYTES = 104
+# b*s*vocab fp32 tensors alive at the peak: the logits, the loss's log-softmax, both gradients,
+# TRL's entropy and token-accuracy metrics over the full logits, and what the allocator keeps of
+# their temporaries. Calibrated (the count the measured peaks need), not derived.
+LOGITS_COPIES = 15
+# Past an exbibyte every job is equally impossible; capping each term there keeps the peak (the
+# sum of a handful of terms) within the int64 fields of EstimateJobMemoryResponse for any spec
+# that validates, however large its batch, sequence or model.
+MAX_TERM_BYTES = 2**60
 
 
 @dataclass(frozen=True)
@@ -108,11 +136,11 @@ class MemoryEstimate:
 
 
 def activation_bytes(config: TrainingConfig, shape: ModelShape, batch: int) -> int:
-    s, b, h, a = config.max_seq_length, batch, shape.hidden, shape.heads
-    scale = 2 if config.precision == "fp32" else 1  # the formula counts 16-bit activations
-    full_layer = s * b * h * (34 + 5 * a * s / h) * scale
+    s, b, h = config.max_seq_length, batch, shape.hidden
+    half = 1 if config.precision == "fp32" else 0.5  # K counts fp32 activations
+    full_layer = s * b * h * ACTIVATION_BYTES * half
     if config.gradient_checkpointing:
-        per_model = shape.layers * 2 * s * b * h * scale + full_layer
+        per_model = shape.layers * 4 * s * b * h * half + full_layer
     else:
         per_model = shape.layers * full_layer
     return int(per_model)
@@ -144,15 +172,19 @@ def estimate_memory(
         states = 4 * trainable + 16 * trainable / gpus  # DeepSpeed ZeRO-2, no offload
     else:
         states = state_bytes_per_param * trainable
-    logits = 2 * batch * config.max_seq_length * shape.vocab * 4
-    terms = (
-        ("base_weights", int(frozen_bytes)),
-        ("trainable_weights_gradients_optimizer", int(states)),
+    logits = LOGITS_COPIES * batch * config.max_seq_length * shape.vocab * 4
+    terms = _capped(
+        ("base_weights", frozen_bytes),
+        ("trainable_weights_gradients_optimizer", states),
         ("activations", activation_bytes(config, shape, batch)),
         ("logits", logits),
-        ("framework_overhead", CUDA_OVERHEAD if device.cuda else CPU_OVERHEAD),
+        ("framework_overhead", CUDA_OVERHEAD if device.cuda else CPU_TRAINING_OVERHEAD),
     )
     return MemoryEstimate(terms=terms, available_bytes=device.memory_bytes, device=device.name)
+
+
+def _capped(*terms: tuple[str, float]) -> tuple[tuple[str, int], ...]:
+    return tuple((name, min(int(value), MAX_TERM_BYTES)) for name, value in terms)
 
 
 def require_fit(config: TrainingConfig, shape: ModelShape, device: DeviceInfo) -> MemoryEstimate:
@@ -213,9 +245,9 @@ def estimate_export_memory(
     plus the framework."""
     total = shape.total_params()
     weights = total * DTYPE_BYTES[load_dtype]
-    terms = (
-        ("base_weights", int(weights)),
-        ("merge_cast_and_save_buffers", int(max(weights, total * DTYPE_BYTES[output_dtype]))),
+    terms = _capped(
+        ("base_weights", weights),
+        ("merge_cast_and_save_buffers", max(weights, total * DTYPE_BYTES[output_dtype])),
         ("framework_overhead", CPU_OVERHEAD),
     )
     return MemoryEstimate(terms=terms, available_bytes=host_memory_bytes, device="cpu")

@@ -11,6 +11,7 @@ from services.common.stubs import trainer_pb2, trainer_pb2_grpc
 from services.trainer.admission import Admission
 from services.trainer.checkpoints import complete_checkpoints
 from services.trainer.export_spec import ExportConfig, export_config_to_proto
+from services.trainer.memory import MemoryEstimate
 from services.trainer.queue import JobQueue
 from services.trainer.spec import training_config_to_proto
 from services.trainer.store import TERMINAL, JobStore, now
@@ -61,17 +62,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def _same_request(self, job: trainer_pb2.Job, request) -> trainer_pb2.Job:
         """AIP-155: a reused key must come with the same request."""
-        if request.spec.WhichOneof("kind") == "export":
-            given, stored = request.spec.export, job.spec.export
-            source = (given.adapter.split("@")[0], stored.adapter.split("@")[0])
-        else:
-            given, stored = request.spec.training, job.spec.training
-            source = (given.dataset.split("@")[0], stored.dataset.split("@")[0])
-        if (
-            request.spec.WhichOneof("kind") != job.spec.WhichOneof("kind")
-            or given.output_name != stored.output_name
-            or source[0] != source[1]
-        ):
+        if _identity(request.spec) != _identity(job.spec):
             raise AlreadyExists(
                 f"idempotency key {request.idempotency_key!r} was used for job {job.id} with a "
                 "different spec; use a new key for a new job",
@@ -119,10 +110,21 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def EstimateJobMemory(self, request, context):
         admitted = await asyncio.to_thread(self.admission.admit, request.spec, enforce_fit=False)
-        est = admitted.estimate
-        return trainer_pb2.EstimateJobMemoryResponse(
-            peak_bytes=est.peak_bytes,
-            terms=[trainer_pb2.MemoryTerm(name=n, bytes=b) for n, b in est.terms],
-            available_bytes=est.available_bytes,
-            device=est.device,
-        )
+        return memory_response(admitted.estimate)
+
+
+def memory_response(est: MemoryEstimate) -> trainer_pb2.EstimateJobMemoryResponse:
+    return trainer_pb2.EstimateJobMemoryResponse(
+        peak_bytes=est.peak_bytes,
+        terms=[trainer_pb2.MemoryTerm(name=n, bytes=b) for n, b in est.terms],
+        available_bytes=est.available_bytes,
+        device=est.device,
+    )
+
+
+def _identity(spec: trainer_pb2.JobSpec) -> tuple[str | None, str, str]:
+    """What makes two requests under one idempotency key the same job: the kind of work, its
+    output name and the name (not the version) of what it starts from."""
+    if spec.WhichOneof("kind") == "export":
+        return "export", spec.export.output_name, spec.export.adapter.split("@")[0]
+    return spec.WhichOneof("kind"), spec.training.output_name, spec.training.dataset.split("@")[0]

@@ -8,6 +8,7 @@ Idempotency keys are UNIQUE, so two racing CreateJob calls with one key cannot b
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 import time
@@ -154,7 +155,7 @@ class JobStore:
         jobs = [trainer_pb2.Job.FromString(r[0]) for r in rows[:size]]
         return jobs, str(offset + size) if len(rows) > size else ""
 
-    def active(self) -> list[trainer_pb2.Job]:
+    def active(self) -> builtins.list[trainer_pb2.Job]:
         """Jobs a restarted service must pick up again, oldest first."""
         with self._lock:
             rows = self._db.execute(
@@ -183,7 +184,7 @@ class JobStore:
                 raise
         return event
 
-    def events(self, job_id: str, after_sequence: int = 0) -> list[trainer_pb2.JobEvent]:
+    def events(self, job_id: str, after_sequence: int = 0) -> builtins.list[trainer_pb2.JobEvent]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT event FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence",

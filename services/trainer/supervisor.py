@@ -19,10 +19,17 @@ from services.common.errors import TuneplexError
 from services.common.stubs import trainer_pb2
 from services.trainer.checkpoints import latest_checkpoint
 from services.trainer.export_spec import ExportConfig, job_config_from_json
-from services.trainer.recipes.common import EXIT_DOMAIN_ERROR
+from services.trainer.runners.base import Runner, WorkerHandle
 from services.trainer.spec import TrainingConfig
 from services.trainer.store import TERMINAL, JobStore, now
-from services.trainer.worker import WorkerConfig
+from services.trainer.worker.protocol import (
+    CHECKPOINTS_DIR,
+    DEEPSPEED_FILE,
+    EXIT_DOMAIN_ERROR,
+    LOG_FILE,
+    WorkerConfig,
+    write_worker_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,7 @@ class JobSupervisor:
     def __init__(
         self,
         store: JobStore,
-        runner,
+        runner: Runner,
         *,
         work_dir: Path,
         registry_target: str,
@@ -57,7 +64,7 @@ class JobSupervisor:
         self.max_attempts = max_attempts
         self.cancel_grace_seconds = cancel_grace_seconds
         self.changed = asyncio.Condition()  # notified on every new event
-        self._workers: dict[str, object] = {}
+        self._workers: dict[str, WorkerHandle] = {}
         self._stopping: set[asyncio.Task] = set()
         # Set on shutdown: workers stopped then are left for the next start to resume.
         self.closing = False
@@ -70,7 +77,9 @@ class JobSupervisor:
         async with self.changed:
             self.changed.notify_all()
 
-    async def set_state(self, job: trainer_pb2.Job, state: int, message: str = "") -> None:
+    async def set_state(
+        self, job: trainer_pb2.Job, state: trainer_pb2.JobState, message: str = ""
+    ) -> None:
         job.state = state
         if state == trainer_pb2.JOB_STATE_RUNNING and not job.HasField("start_time"):
             job.start_time.CopyFrom(now())
@@ -115,7 +124,6 @@ class JobSupervisor:
         self, job: trainer_pb2.Job, config: TrainingConfig | ExportConfig
     ) -> Path:
         job_dir = self.job_dir(job.id)
-        job_dir.mkdir(parents=True, exist_ok=True)
         export = isinstance(config, ExportConfig)
         worker = WorkerConfig(
             job_id=job.id,
@@ -123,10 +131,9 @@ class JobSupervisor:
             export=config if export else None,
             registry_target=self.registry_target,
             cache_dir=self.work_dir / "cache",
-            deepspeed_config=job_dir / "deepspeed.json" if config.num_gpus > 1 else None,
+            deepspeed_config=job_dir / DEEPSPEED_FILE if config.num_gpus > 1 else None,
         )
-        (job_dir / "worker.json").write_text(worker.model_dump_json(indent=2))
-        return job_dir
+        return write_worker_config(worker, job_dir)
 
     async def run(self, job_id: str) -> None:
         job = self.store.get(job_id)
@@ -144,7 +151,7 @@ class JobSupervisor:
                     job,
                     "worker_crashed",
                     f"the worker died {job.attempt} times (last: {reason}); "
-                    f"see {job_dir / 'worker.log'}",
+                    f"see {job_dir / LOG_FILE}",
                 )
                 return
             job.attempt += 1
@@ -190,7 +197,7 @@ class JobSupervisor:
                 )
                 return
             reason = describe_exit(code)
-            last = latest_checkpoint(job_dir / "checkpoints")
+            last = latest_checkpoint(job_dir / CHECKPOINTS_DIR)
             resume = f"from the checkpoint at step {last.step}" if last else "from the start"
             await self.record(
                 job_id,

@@ -10,6 +10,8 @@ from tests.helpers.lora import make_lora_adapter
 
 BASE = "smollm2-135m-instruct"
 BASE_REF = f"{BASE}@1"
+# Small, so a request that gives no max_tokens is cheap and its cap is visible.
+DEFAULT_MAX_TOKENS = 16
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +44,7 @@ def gateway(registry_with_base_model, push_adapter, tmp_path_factory) -> Gateway
             "TUNEPLEX_GATEWAY_MAX_LORAS": "2",
             "TUNEPLEX_GATEWAY_MAX_CPU_LORAS": "3",
             "TUNEPLEX_GATEWAY_ENGINE_HEALTH_INTERVAL_S": "1",
+            "TUNEPLEX_GATEWAY_DEFAULT_MAX_TOKENS": str(DEFAULT_MAX_TOKENS),
         },
     )
     try:

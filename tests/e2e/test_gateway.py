@@ -171,9 +171,9 @@ def test_dora_adapter_gets_a_400_that_says_to_export(openai_client, push_adapter
 def _engine_metric(gateway, name: str, **labels: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
-    [url] = gateway.engine_urls()
+    text = gateway.engine_get("/metrics").text
     return sum(sample.value
-               for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+               for family in text_string_to_metric_families(text)
                for sample in family.samples
                if sample.name == name and all(sample.labels.get(k) == v
                                               for k, v in labels.items()))

@@ -62,13 +62,18 @@ def test_killed_engine_gives_503_then_recovers_with_its_adapters(gateway, openai
                       timeout=60)
     assert resp.status_code == 503, resp.text
     assert resp.headers["x-should-retry"] == "true"
+    assert int(resp.headers["retry-after"]) >= 1
     assert resp.json()["error"]["type"] == "service_unavailable_error"
     assert httpx.get(f"{gateway.url}/health").status_code == 503
 
-    deadline = time.monotonic() + 300
-    while httpx.get(f"{gateway.url}/health").status_code != 200:
+    deadline, said = time.monotonic() + 300, set()
+    while (health := httpx.get(f"{gateway.url}/health")).status_code != 200:
         assert time.monotonic() < deadline, gateway.log()
+        assert int(health.headers["retry-after"]) >= 1
+        said.add(health.json()["status"])
         time.sleep(1)
+    # While vLLM comes back up the gateway says so, rather than that it is down.
+    assert "starting" in said, said
     assert gateway.metric("gateway_engine_restarts_total") == restarts + 1
     # The adapters were back before the engine took traffic again, not loaded on demand.
     assert gateway.metric("gateway_adapter_loads_total", result="reloaded") > reloads

@@ -51,13 +51,21 @@ class GatewayProcess:
                 continue
         return pids
 
-    def engine_urls(self) -> list[str]:
-        """Where those engines listen (tests peek at vLLM's own metrics there)."""
-        urls = []
+    def engine_sockets(self) -> list[Path]:
+        """The private unix sockets those engines listen on (they open no TCP port)."""
+        sockets = []
         for pid in self.engine_pids():
             cmd = psutil.Process(pid).cmdline()
-            urls.append(f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}")
-        return urls
+            sockets.append(Path(cmd[cmd.index("--uds") + 1]))
+        return sockets
+
+    def engine_get(self, path: str) -> httpx.Response:
+        """GET one of the engine's unguarded routes (/metrics, /health) straight from vLLM:
+        tests peek at its own counters there."""
+        [sock] = self.engine_sockets()
+        transport = httpx.HTTPTransport(uds=str(sock))
+        with httpx.Client(transport=transport, base_url="http://engine", timeout=10) as client:
+            return client.get(path)
 
     def wait_healthy(self, timeout: float = 300.0) -> None:
         deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.registry_process import REPO, VENV_PYTHON, _free_port
+from tests.helpers.registry_process import REPO, VENV_PYTHON, _free_port
 
 STARTUP_TIMEOUT_S = 90.0
 

@@ -28,7 +28,7 @@ from tests.helpers.registry_artifacts import (
     write_dataset,
     write_model,
 )
-from tests.registry_process import start_moto_s3, start_registry
+from tests.helpers.registry_process import start_moto_s3, start_registry
 
 pytestmark = pytest.mark.integration
 
@@ -194,6 +194,9 @@ def test_flipped_byte_in_stored_blob_fails_pull_with_data_loss(registry, client,
         client.pull("adapter", "flip-lora", tmp_path / "out")
     # nothing of the bad file reached the destination
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+    # nor anything else: a failed pull leaves no folder (and no staging) behind
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(grpc.RpcError) as raw:
         stub_pull_raw(registry.target, "flip-lora")
     assert raw.value.code() == grpc.StatusCode.DATA_LOSS
@@ -234,6 +237,103 @@ def test_path_like_name_is_refused(client, tmp_path, name):
     with pytest.raises(InvalidArgument, match="invalid name") as exc:
         client.push("adapter", name, write_adapter(tmp_path / "a"))
     assert _code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _push_as(client, kind: str, name: str, files: dict[str, Path], **kw):
+    """Upload with the version's file paths chosen freely (the names a file system may not
+    hold), through the same transfer helpers and stub the client uses."""
+    from services.client.grpc_channel import domain_errors
+    from services.client.transfer import file_entry, file_requests, upload_header
+
+    pairs = list(files.items())
+    header = upload_header(
+        kind,
+        name,
+        [file_entry(rel, path) for rel, path in pairs],
+        base_model=kw.get("base_model"),
+        description="",
+        lineage=None,
+        source="",
+    )
+    with domain_errors():
+        return client._stub.UploadArtifact(iter([header, *file_requests(pairs)])).version
+
+
+@pytest.mark.parametrize(
+    "extra, offender, rule",
+    [
+        ({"tok": "a", "tok/x": "b"}, "tok/x", "'tok' is a file"),
+        ({"x" * 300: "a"}, "x" * 40, "over 255 bytes"),
+        ({"README.md": "a", "readme.md": "b"}, "readme.md", "differ only in case"),
+    ],
+)
+def test_unportable_layouts_are_refused_at_upload(client, tmp_path, extra, offender, rule):
+    folder = write_adapter(tmp_path / "a")
+    files = {p.name: p for p in folder.iterdir()}
+    for i, (rel, text) in enumerate(extra.items()):
+        (tmp_path / f"extra{i}").write_text(text)
+        files[rel] = tmp_path / f"extra{i}"
+    with pytest.raises(InvalidArgument, match=f"invalid file path .*{rule}") as exc:
+        _push_as(client, "adapter", "layout-lora", files, base_model=TINY_MODEL)
+    assert _code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+    assert offender in exc.value.message and len(exc.value.message) < 500
+    assert (exc.value.param, exc.value.code) == ("files", "file_path_invalid")
+    with pytest.raises(NotFound):  # nothing half-published
+        client.get("adapter", "layout-lora")
+
+
+@pytest.mark.parametrize("selector", ["99999999999999999999999", "9223372036854775808", "²", "١"])
+def test_malformed_version_refs_are_invalid_argument_on_every_ref_rpc(client, tmp_path, selector):
+    client.push("adapter", "ref-lora", write_adapter(tmp_path / "a"))
+    ref = f"ref-lora@{selector}"
+    calls = {
+        "resolve": lambda: client.resolve("adapter", ref),
+        "pull": lambda: client.pull("adapter", ref, tmp_path / "out"),
+        "lineage": lambda: client.lineage("adapter", ref),
+    }
+    for what, call in calls.items():
+        with pytest.raises(InvalidArgument, match="invalid reference") as exc:
+            call()
+        assert _code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT, what
+        assert exc.value.param == "ref", what
+    assert not (tmp_path / "out").exists()
+    lineage = registry_pb2.Lineage(dataset=f"some-data@{selector}")
+    with pytest.raises(InvalidArgument) as exc:
+        client.push("adapter", "ref-lora", write_adapter(tmp_path / "b"), lineage=lineage)
+    assert exc.value.param == "lineage.dataset"
+
+
+def test_well_formed_absent_versions_are_not_found(client, tmp_path):
+    client.push("adapter", "range-lora", write_adapter(tmp_path / "a"))
+    for ref in ("range-lora@9223372036854775807", "range-lora@2"):
+        with pytest.raises(NotFound):
+            client.resolve("adapter", ref)
+    assert client.resolve("adapter", "range-lora@0001").version == 1
+    with pytest.raises(InvalidArgument, match="versions start at 1"):
+        client.resolve("adapter", "range-lora@0")
+
+
+def test_a_huge_name_comes_back_as_a_short_invalid_argument(client, tmp_path):
+    """Echoing a 15k-character name used to overflow gRPC's 8 KiB header limit on the way back
+    (RESOURCE_EXHAUSTED "received metadata size exceeds ...")."""
+    name = "x" * 15_000
+    calls = {
+        "get": lambda: client.get("adapter", name),
+        "resolve": lambda: client.resolve("adapter", name),
+        "resolve alias": lambda: client.resolve("adapter", f"sql-lora@{name}"),
+        "versions": lambda: client.versions("adapter", name),
+        "push": lambda: client.push("adapter", name, write_adapter(tmp_path / "a")),
+        "alias": lambda: client.set_alias("adapter", "sql-lora", name, 1),
+    }
+    for what, call in calls.items():
+        with pytest.raises(InvalidArgument) as exc:
+            call()
+        assert _code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT, what
+        assert len(exc.value.message) < 500, what
+        assert "characters)" in exc.value.message, what  # the length, not the value
+    with pytest.raises(NotFound) as exc:
+        client.delete_alias("model", TINY_MODEL, name)  # the alias is not checked, only named
+    assert len(exc.value.message) < 500
 
 
 def test_unknown_base_model_is_a_failed_precondition(client, tmp_path):

@@ -61,3 +61,18 @@ def test_cli_bad_input_exits_2_with_one_line(tuneplex, tmp_path):
     assert r.exit_code == 2 and "no adapter named 'nope'" in r.stderr
     r = tuneplex("adapters", "push", tmp_path / "missing", "--name", "x")
     assert r.exit_code == 2 and "no such file or folder" in r.stderr
+
+
+def test_cli_failed_pull_prints_one_line_and_leaves_no_folder(tuneplex, tmp_path):
+    assert tuneplex("models", "push", write_model(tmp_path / TINY_MODEL)).exit_code == 0
+    adapter = write_adapter(tmp_path / "a")
+    assert tuneplex("adapters", "push", adapter, "--name", "sql-lora").exit_code == 0
+    (tmp_path / "afile").write_text("x")
+    # A local write failure (here: a file where a folder must be) used to be a traceback.
+    r = tuneplex("adapters", "pull", "sql-lora", tmp_path / "afile" / "out")
+    assert r.exit_code != 0 and isinstance(r.exception, SystemExit), r.output
+    assert r.stderr.startswith("error: cannot write") and r.stderr.strip().count("\n") == 0
+    for ref in ("sql-lora@2", "sql-lora@²", "sql-lora@99999999999999999999999"):
+        r = tuneplex("adapters", "pull", ref, tmp_path / "new" / "out")
+        assert r.exit_code == 2 and r.stderr.strip().count("\n") == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "afile", TINY_MODEL]

@@ -13,7 +13,7 @@ import pytest
 from services.client.registry import RegistryClient
 from services.common.errors import NotFound, TuneplexError
 from tests.helpers.registry_artifacts import TINY_MODEL, write_adapter, write_model
-from tests.registry_process import REPO, start_registry
+from tests.helpers.registry_process import REPO, start_registry
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,8 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.stubs import trainer_pb2
-from services.trainer.runners.base import parse_event_line
 from services.trainer.sample_data import chat_examples, write_jsonl
+from services.trainer.worker.protocol import parse_event_line
 from tests.helpers.trainer_process import TrainerServer, start_trainer, wait_for_final
 
 pytestmark = pytest.mark.integration
@@ -174,6 +174,11 @@ def test_lora_job_resumes_after_worker_and_service_kills_and_publishes(
     assert report["dataset_sha256"] and report["hardware"]["device"] == "cpu"
     assert report["metrics"]["peak_memory_bytes"] > 0 and report["steps"] == STEPS
     assert (tmp_path / "adapter" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    # What users download names the base by its registry ref, not the worker's cache folder.
+    adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "smollm2-135m-instruct@1"
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "smollm2-135m-instruct@1" in card and str(trainer.home) not in card
 
     import torch
     from peft import PeftModel
@@ -263,6 +268,16 @@ def test_memory_estimate_names_its_terms(trainer):
         est = client.estimate_memory(spec(hp=dict(batch_size=4096, max_seq_length=8192)))
     assert est.peak_bytes > est.available_bytes > 0
     assert {t.name for t in est.terms} >= {"base_weights", "activations", "logits"}
+
+
+def test_estimate_and_create_agree_on_the_largest_spec_that_validates(trainer):
+    # Its activations once overflowed the int64 of the response: INTERNAL instead of an answer.
+    huge = spec(hp=dict(batch_size=65536, max_seq_length=1_048_576))
+    with TrainerClient(trainer.target) as client:
+        est = client.estimate_memory(huge)
+        assert est.peak_bytes > est.available_bytes > 0
+        with pytest.raises(FailedPrecondition, match="GiB short"):
+            client.create_job(huge)
 
 
 def test_dataset_without_assistant_tokens_in_reach_fails_with_structured_error(trainer):

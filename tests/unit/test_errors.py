@@ -77,3 +77,40 @@ def test_code_and_param_round_trip_through_trailing_metadata():
     )
     assert (type(back), back.code, back.param) == (errors.NotFound, "adapter_not_found", "name")
     assert errors.error_metadata(errors.NotFound("bare")) == ()
+
+
+# --- echoed input never floods an error ------------------------------------------------------
+
+
+def test_shown_truncates_with_the_length():
+    assert errors.shown("sql-lora") == "'sql-lora'"
+    long = errors.shown("x" * 15_000)
+    assert long.startswith("'" + "x" * 100 + "'...") and long.endswith("(15000 characters)")
+    assert len(long) < 140
+    assert len(errors.shown(["x"] * 1000)) < 140
+
+
+def test_message_param_and_code_are_capped():
+    exc = errors.InvalidArgument("bad " + "y" * 50_000, param="p" * 5000, code="c" * 5000)
+    assert len(exc.message) <= errors.MAX_MESSAGE_CHARS + 20
+    assert exc.message.endswith("(truncated)") and str(exc) == exc.message
+    assert len(exc.param) <= errors.MAX_FIELD_CHARS + 20
+    assert len(exc.to_openai()["error"]["message"]) < errors.MAX_MESSAGE_CHARS + 20
+
+
+def test_error_metadata_is_short_printable_ascii():
+    exc = errors.InvalidArgument("x", param="lineage.dataset\u00e9" + "z" * 500, code="c\n1")
+    for _, value in errors.error_metadata(exc):
+        assert len(value) <= errors.MAX_FIELD_CHARS
+        assert all(" " <= c <= "~" for c in value)
+
+
+@pytest.mark.parametrize("text", ["a" * 10_000, "é" * 5000, "%" * 5000, "\U0001f600" * 3000])
+def test_grpc_status_message_fits_the_header_budget(text):
+    from services.common.grpc_server import MAX_STATUS_MESSAGE_BYTES, status_message
+
+    cut = status_message(text)
+    encoded = sum(1 if " " <= c <= "~" and c != "%" else 3 * len(c.encode()) for c in cut)
+    assert encoded <= MAX_STATUS_MESSAGE_BYTES
+    assert cut.endswith("(truncated)") and text.startswith(cut[:50])
+    assert status_message("short é") == "short é"

@@ -1,16 +1,18 @@
-"""ArtifactCache: content-addressed entries, sha256 verification, LRU by bytes."""
+"""VerifiedDiskCache: content-addressed entries, sha256 verification, LRU by bytes."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
 from services.common.errors import DataLoss
 from services.common.stubs import registry_pb2
-from services.gateway.cache import ArtifactCache
+from services.gateway.cache import CacheEntry, VerifiedDiskCache
+from services.gateway.registry_reader import RegistryReader
 
 
 class FolderRegistry:
@@ -28,7 +30,13 @@ class FolderRegistry:
         return registry_pb2.ArtifactVersion(
             name=ref, manifest=registry_pb2.Manifest(files=entries, sha256=digest))
 
-    async def pull(self, kind, ref, dest):
+    async def resolve(self, kind: str, ref: str) -> registry_pb2.ArtifactVersion:
+        return self.version(ref)
+
+    async def list(self, kind: str | None = None) -> list[registry_pb2.Artifact]:
+        return [registry_pb2.Artifact(name=ref, latest=self.version(ref)) for ref in self.files]
+
+    async def pull(self, kind: str, ref: str, dest: Path) -> registry_pb2.ArtifactVersion:
         self.pulls += 1
         dest.mkdir(parents=True, exist_ok=True)
         for path, data in self.files[ref].items():
@@ -36,14 +44,21 @@ class FolderRegistry:
         return self.version(ref)
 
 
-def _fetch(cache, registry, ref):
-    return asyncio.run(cache.fetch(registry, "adapter", ref, registry.version(ref).manifest.sha256))
+def _fetch(
+    cache: VerifiedDiskCache, registry: FolderRegistry, ref: str, in_use=frozenset
+) -> CacheEntry:
+    key = registry.version(ref).manifest.sha256
+    return asyncio.run(cache.fetch(registry, "adapter", ref, key, in_use))
+
+
+def test_the_fake_registry_is_a_registry_reader():
+    assert isinstance(FolderRegistry({}), RegistryReader)
 
 
 def test_fetch_verify_and_detect_corruption(tmp_path):
     registry = FolderRegistry({"a@1": {"adapter_model.safetensors": b"x" * 100,
                                        "adapter_config.json": b"{}"}})
-    cache = ArtifactCache(tmp_path, max_bytes=10_000)
+    cache = VerifiedDiskCache(tmp_path, max_bytes=10_000)
     entry = _fetch(cache, registry, "a@1")
     asyncio.run(cache.verify(entry))
     assert cache.lookup(entry.key) is entry
@@ -57,7 +72,7 @@ def test_fetch_verify_and_detect_corruption(tmp_path):
 
 def test_missing_file_is_corruption(tmp_path):
     registry = FolderRegistry({"a@1": {"w.bin": b"abc"}})
-    cache = ArtifactCache(tmp_path, max_bytes=10_000)
+    cache = VerifiedDiskCache(tmp_path, max_bytes=10_000)
     entry = _fetch(cache, registry, "a@1")
     (entry.path / "w.bin").unlink()
     with pytest.raises(DataLoss):
@@ -67,29 +82,46 @@ def test_missing_file_is_corruption(tmp_path):
 def test_lru_eviction_by_bytes_spares_entries_in_use(tmp_path):
     registry = FolderRegistry({f"a@{i}": {"w.bin": bytes([i]) * 400} for i in range(4)})
     in_use: set[str] = set()
-    cache = ArtifactCache(tmp_path, max_bytes=1000, in_use=lambda: in_use)
+    cache = VerifiedDiskCache(tmp_path, max_bytes=1000)
     first, second = _fetch(cache, registry, "a@0"), _fetch(cache, registry, "a@1")
     in_use.add(first.key)  # an engine serves it: never evicted
-    third = _fetch(cache, registry, "a@2")
+    third = _fetch(cache, registry, "a@2", in_use=lambda: in_use)
     assert cache.lookup(first.key) and cache.lookup(third.key)
     assert cache.lookup(second.key) is None  # least recently used and not in use
     cache.lookup(first.key)
     in_use.clear()
     cache.lookup(third.key)  # now `first` is the least recently used
-    _fetch(cache, registry, "a@3")
+    _fetch(cache, registry, "a@3", in_use=lambda: in_use)
     assert cache.lookup(first.key) is None
     assert cache.total_bytes <= 1000
 
 
 def test_a_restart_adopts_complete_entries_and_drops_partial_ones(tmp_path):
     registry = FolderRegistry({"a@1": {"w.bin": b"abc"}})
-    entry = _fetch(ArtifactCache(tmp_path, max_bytes=10_000), registry, "a@1")
+    entry = _fetch(VerifiedDiskCache(tmp_path, max_bytes=10_000), registry, "a@1")
     (tmp_path / ".tmp-deadbeef-1234").mkdir()
     (tmp_path / "orphan").mkdir()  # a folder without its manifest marker is not an entry
 
-    cache = ArtifactCache(tmp_path, max_bytes=10_000)
+    cache = VerifiedDiskCache(tmp_path, max_bytes=10_000)
     adopted = cache.lookup(entry.key)
     assert adopted is not None and adopted.size_bytes == 3
     asyncio.run(cache.verify(adopted))
     assert not (tmp_path / ".tmp-deadbeef-1234").exists()
     assert cache.lookup("orphan") is None
+
+
+def test_local_copy_reuses_a_good_entry_and_fetches_a_corrupt_one_again(tmp_path):
+    registry = FolderRegistry({"a@1": {"w.bin": b"abc"}})
+    cache = VerifiedDiskCache(tmp_path, max_bytes=10_000)
+    key = registry.version("a@1").manifest.sha256
+
+    async def scenario():
+        first = await cache.local_copy(registry, "adapter", "a@1", key)
+        again = await cache.local_copy(registry, "adapter", "a@1", key)
+        (first.path / "w.bin").write_bytes(b"abd")
+        healed = await cache.local_copy(registry, "adapter", "a@1", key)
+        return first, again, healed
+
+    first, again, healed = asyncio.run(scenario())
+    assert again is first and registry.pulls == 2
+    assert (healed.path / "w.bin").read_bytes() == b"abc"

@@ -10,10 +10,10 @@ from fastapi.testclient import TestClient
 
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.gateway.app import build_app
+from services.gateway.engine_errors import upstream_error
+from services.gateway.engine_picker import pick_engine
 from services.gateway.engines import Engine, EngineState
-from services.gateway.models import AdapterVersion, ServedBase
-from services.gateway.router import pick_engine
-from services.gateway.serving import upstream_error
+from services.gateway.served import ServedBase
 from services.gateway.settings import GatewaySettings
 
 
@@ -60,27 +60,26 @@ def test_openapi_schema_documents_the_requests(http):
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(paths)
 
 
-def _engine(engine_id: str, state=EngineState.READY, load=0, adapters=()):
+def _engine(engine_id: str, state=EngineState.READY, load=0):
     settings = GatewaySettings()
     engine = Engine(engine_id, settings, ServedBase("m", settings.home), "http://x")
     engine.state, engine.in_flight = state, load
-    for lora_id in adapters:
-        engine.adapters[lora_id] = AdapterVersion(lora_id, 1, "0" * 64, "m")
     return engine
 
 
 def test_routing_prefers_the_engine_with_the_adapter_then_the_least_loaded():
-    a, b = _engine("a", load=5, adapters=["sql"]), _engine("b", load=1)
-    assert pick_engine([a, b], "sql", "m") is a
-    assert pick_engine([a, b], "chat", "m") is b
-    assert pick_engine([a, b], None, "m") is b
+    a, b = _engine("a", load=5), _engine("b", load=1)
+    resident = {"sql": {"a"}, "chat": set()}  # which engines have which adapter registered
+    assert pick_engine([a, b], "m", resident["sql"]) is a
+    assert pick_engine([a, b], "m", resident["chat"]) is b
+    assert pick_engine([a, b], "m") is b
     a.waiting = 3  # the warm engine is queueing while the other one is not
-    assert pick_engine([a, b], "sql", "m") is b
+    assert pick_engine([a, b], "m", resident["sql"]) is b
 
 
 def test_no_ready_engine_is_unavailable():
     with pytest.raises(Unavailable):
-        pick_engine([_engine("a", state=EngineState.DOWN)], None, "m")
+        pick_engine([_engine("a", state=EngineState.DOWN)], "m")
 
 
 def test_upstream_errors_keep_their_kind_and_message():
@@ -121,17 +120,20 @@ def test_a_full_engine_queue_is_429():
     asyncio.run(scenario())
 
 
-async def test_a_failed_request_marks_its_engine_down_until_health_says_otherwise(tmp_path):
+async def test_a_failed_request_marks_its_engine_down_until_health_says_otherwise(
+    tmp_path, monkeypatch
+):
     """The 503 a request got, /health and routing agree at once; a report that does not hold
     (the engine answers health) puts it back."""
     from services.gateway.engines import EngineManager
 
-    async def on_ready(engine, had):
-        return None
+    class NoListener:
+        async def engine_ready(self, engine):
+            return None
 
     settings = GatewaySettings(home=tmp_path, engine_urls=["http://127.0.0.1:9"],
                                engine_health_interval_s=0.01)
-    manager = EngineManager(settings, on_ready)
+    manager = EngineManager(settings, NoListener())
     manager.serve([])
     [engine] = manager.engines
     engine.state = EngineState.READY
@@ -144,6 +146,6 @@ async def test_a_failed_request_marks_its_engine_down_until_health_says_otherwis
         states.append(engine.state)
         return next(answers)
 
-    engine.healthy = healthy
+    monkeypatch.setattr(engine, "healthy", healthy)
     await asyncio.wait_for(manager._watch(engine), 5)  # returns once health keeps failing
     assert states[:2] == [EngineState.DOWN, EngineState.READY]

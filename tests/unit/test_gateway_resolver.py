@@ -1,4 +1,4 @@
-"""AdapterResolver decisions that need no engine: what is servable, on which base, and when the
+"""ModelResolver decisions that need no engine: what is servable, on which base, and when the
 registry is asked again."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import pytest
 
 from services.common.errors import FailedPrecondition, NotFound, Unavailable
 from services.common.stubs import registry_pb2
-from services.gateway.adapters import AdapterResolver, KeyedLocks
-from services.gateway.cache import ArtifactCache
-from services.gateway.models import ServedBase
+from services.gateway.cache import VerifiedDiskCache
+from services.gateway.keyed_locks import KeyedLocks
+from services.gateway.registry_reader import RegistryReader
+from services.gateway.resolver import ModelResolver
+from services.gateway.served import ServedBase
 from services.gateway.settings import GatewaySettings
 
 BASE = ServedBase("smollm2", Path("/models/smollm2"), version=1, cache_key="k")
@@ -31,7 +33,7 @@ class AliasRegistry:
         self.calls = 0
         self.down = False
 
-    async def resolve(self, kind, ref):
+    async def resolve(self, kind: str, ref: str) -> registry_pb2.ArtifactVersion:
         self.calls += 1
         if self.down:
             raise Unavailable("registry down")
@@ -39,12 +41,22 @@ class AliasRegistry:
             raise NotFound(f"{ref} not found")
         return self.targets[ref]
 
+    async def list(self, kind: str | None = None) -> list[registry_pb2.Artifact]:
+        return [registry_pb2.Artifact(name=v.name, latest=v) for v in self.targets.values()]
 
-def make_resolver(tmp_path, registry, **settings) -> AdapterResolver:
+    async def pull(self, kind: str, ref: str, dest: Path) -> registry_pb2.ArtifactVersion:
+        raise AssertionError("name resolution never downloads")
+
+
+def make_resolver(tmp_path, registry: RegistryReader, **settings) -> ModelResolver:
     s = GatewaySettings(home=tmp_path, **settings)
-    resolver = AdapterResolver(s, registry, ArtifactCache(tmp_path / "cache", 10**6))
+    resolver = ModelResolver(s, registry, VerifiedDiskCache(tmp_path / "cache", 10**6))
     resolver.bases = {BASE.name: BASE}
     return resolver
+
+
+def test_the_fake_registry_is_a_registry_reader():
+    assert isinstance(AliasRegistry(), RegistryReader)
 
 
 @pytest.mark.parametrize("info, words", [

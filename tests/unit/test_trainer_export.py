@@ -27,7 +27,7 @@ from services.trainer.memory import (
 from services.trainer.recipes.export import check_mergeable, training_of
 from services.trainer.recipes.ollama import CHATML_GO_TEMPLATE, chatml_default_system, modelfile
 from services.trainer.spec import TrainingConfig
-from services.trainer.worker import WorkerConfig
+from services.trainer.worker.protocol import WorkerConfig
 
 # SmolLM2-135M-Instruct's chat template, verbatim.
 SMOLLM2_TEMPLATE = (
@@ -236,37 +236,6 @@ def test_cli_refuses_an_unknown_dtype_before_calling_the_trainer():
     assert "--dtype" in result.output
     helped = CliRunner().invoke(app, ["export", "--help"])
     assert helped.exit_code == 0 and "--ollama" in helped.output
-
-
-class VersionsOf:
-    """A registry that answers ``versions`` only: what ``own_version`` asks."""
-
-    def __init__(self, *job_ids: str):
-        from services.common.stubs import registry_pb2
-
-        self.found = [
-            registry_pb2.ArtifactVersion(
-                name="m", version=i + 1, lineage=registry_pb2.Lineage(job_id=j)
-            )
-            for i, j in enumerate(job_ids)
-        ]
-
-    def versions(self, kind: str, name: str):
-        from services.common.errors import NotFound
-
-        if not self.found:
-            raise NotFound(f"no {kind} named {name!r}")
-        return self.found
-
-
-def test_a_retry_finds_the_version_its_job_published_instead_of_publishing_again():
-    from services.common.errors import AlreadyExists
-    from services.trainer.worker_export import own_version
-
-    assert own_version(VersionsOf(), "m", "job-1") is None
-    assert own_version(VersionsOf("job-1"), "m", "job-1").version == 1
-    with pytest.raises(AlreadyExists):
-        own_version(VersionsOf("job-other"), "m", "job-1")
 
 
 def test_modelfile_is_written_from_the_tokenizers_own_fields(tmp_path):

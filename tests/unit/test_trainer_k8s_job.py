@@ -9,7 +9,8 @@ import pytest
 
 from services.common.k8s_schema import K8S_VERSIONS, validate_manifests
 from services.trainer.runners.deepspeed import zero_config
-from services.trainer.runners.kubernetes import CONFIG_ENV, DEEPSPEED_ENV, build_job_manifest
+from services.trainer.runners.kubernetes import build_job_manifest
+from services.trainer.worker.protocol import CONFIG_ENV, DEEPSPEED_ENV
 
 WORKER = {"job_id": "job-abc", "registry_target": "tuneplex-registry:50051"}
 

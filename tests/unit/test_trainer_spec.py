@@ -31,7 +31,7 @@ def test_defaults_are_applied():
     c = training_config_from_proto(spec(), CPU)
     assert (c.method, c.lora_r, c.lora_alpha, c.lora_dropout) == ("lora", 16, 32.0, 0.05)
     assert c.target_modules == ("all-linear",)
-    assert (c.learning_rate, c.epochs, c.batch_size, c.max_seq_length) == (2e-4, 3.0, 8, 1024)
+    assert (c.learning_rate, c.epochs, c.batch_size, c.max_seq_length) == (2e-4, 3.0, 8, 512)
     assert (c.save_steps, c.seed, c.warmup_ratio, c.precision) == (50, 42, 0.03, "fp32")
     assert training_config_from_proto(spec(), GPU).precision == "bf16"
     full = training_config_from_proto(spec(method=trainer_pb2.METHOD_FULL), CPU)
@@ -143,3 +143,60 @@ def test_bf16_on_a_cpu_with_bf16_units_is_allowed():
     amx = DeviceInfo(cuda=False, gpu_count=0, memory_bytes=2**34, name="cpu", cpu_bf16=True)
     c = training_config_from_proto(spec(hp=dict(precision=trainer_pb2.PRECISION_BF16)), amx)
     assert c.precision == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        (dict(lora=dict(alpha=float("inf"))), "training.lora.alpha"),
+        (dict(lora=dict(loraplus_lr_ratio=float("inf"))), "training.lora.loraplus_lr_ratio"),
+        (dict(hp=dict(weight_decay=float("inf"))), H + "weight_decay"),
+        (dict(hp=dict(neftune_noise_alpha=float("inf"))), H + "neftune_noise_alpha"),
+        (dict(hp=dict(epochs=float("inf"))), H + "epochs"),
+        (dict(lora=dict(alpha=float("nan"))), "training.lora.alpha"),
+        (dict(hp=dict(weight_decay=float("nan"))), H + "weight_decay"),
+        (dict(hp=dict(neftune_noise_alpha=float("nan"))), H + "neftune_noise_alpha"),
+        (dict(hp=dict(warmup_ratio=float("-inf"))), H + "warmup_ratio"),
+    ],
+)
+def test_infinite_and_nan_numbers_are_refused(fields, param):
+    with pytest.raises(InvalidArgument) as caught:
+        training_config_from_proto(spec(**fields), CPU)
+    assert caught.value.param == param
+    assert "use a value in" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "says"),
+    [
+        (dict(lora=dict(alpha=1e9)), "training.lora.alpha", "(0, 16384]"),
+        (dict(hp=dict(weight_decay=5.0)), H + "weight_decay", "[0, 1]"),
+        (dict(hp=dict(neftune_noise_alpha=1e6)), H + "neftune_noise_alpha", "[0, 100]"),
+        (dict(lora=dict(loraplus_lr_ratio=1e9)), "training.lora.loraplus_lr_ratio", "1024"),
+        (dict(hp=dict(seed=2**40)), H + "seed", "0..4294967295"),
+    ],
+)
+def test_every_number_is_bounded(fields, param, says):
+    with pytest.raises(InvalidArgument) as caught:
+        training_config_from_proto(spec(**fields), CPU)
+    assert caught.value.param == param
+    assert says in caught.value.message
+
+
+def test_unknown_enum_numbers_are_refused_with_the_choices():
+    for fields, param in [
+        (dict(method=42), "training.method"),
+        (dict(hp=dict(precision=42)), H + "precision"),
+        (dict(hp=dict(lr_scheduler=42)), H + "lr_scheduler"),
+    ]:
+        with pytest.raises(InvalidArgument, match="use one of") as caught:
+            training_config_from_proto(spec(**fields), CPU)
+        assert caught.value.param == param
+
+
+def test_derived_defaults_follow_the_settings_they_depend_on():
+    c = training_config_from_proto(spec(lora=dict(r=4)), CPU)
+    assert c.lora_alpha == 8.0
+    two = DeviceInfo(cuda=True, gpu_count=2, memory_bytes=80 * 2**30, name="cuda")
+    assert training_config_from_proto(spec(num_gpus=2, zero_stage=3), two).zero_stage == 3
+    assert training_config_from_proto(spec(num_gpus=1), GPU).zero_stage == 0

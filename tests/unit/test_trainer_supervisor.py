@@ -7,10 +7,10 @@ from __future__ import annotations
 import signal
 
 from services.common.stubs import trainer_pb2
-from services.trainer.recipes.common import EXIT_DOMAIN_ERROR
 from services.trainer.spec import TrainingConfig
 from services.trainer.store import JobStore
 from services.trainer.supervisor import JobSupervisor
+from services.trainer.worker.protocol import EXIT_DOMAIN_ERROR
 
 
 class ScriptedWorker:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import typer
 
 from services.client.cli.console import err, fail, fail_with, out
-from services.client.cli.jobs import PRECISIONS, _client, _report_final, watch_job
+from services.client.cli.jobs import _client, _report_final, watch_job
 from services.common.errors import TuneplexError
+from services.common.training_spec import PRECISIONS as PRECISION_NAMES
+
+PRECISIONS = {name: number for number, name in PRECISION_NAMES.items()}
 
 
 def export(

@@ -9,25 +9,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from services.client.cli.console import err, fail_with, out
+from services.client.cli.spec_options import with_spec_options
 from services.client.config import ClientSettings
 from services.client.trainer import FINAL_STATES, TrainerClient, state_name
 from services.common.errors import TuneplexError
 from services.common.stubs import trainer_pb2
+from services.common.training_spec_proto import spec_from_values
 
 app = typer.Typer(help="Create, follow and cancel fine-tuning jobs.", no_args_is_help=True)
-
-METHODS = {
-    "lora": trainer_pb2.METHOD_LORA,
-    "qlora": trainer_pb2.METHOD_QLORA,
-    "dora": trainer_pb2.METHOD_DORA,
-    "full": trainer_pb2.METHOD_FULL,
-    "continued_pretraining": trainer_pb2.METHOD_CONTINUED_PRETRAINING,
-}
-PRECISIONS = {
-    "fp32": trainer_pb2.PRECISION_FP32,
-    "bf16": trainer_pb2.PRECISION_BF16,
-    "fp16": trainer_pb2.PRECISION_FP16,
-}
 
 
 def _client() -> TrainerClient:
@@ -36,55 +25,15 @@ def _client() -> TrainerClient:
 
 
 @app.command()
+@with_spec_options
 def create(
-    dataset: str = typer.Option(..., help="Dataset in the registry, e.g. `shop-sql@1`."),
-    output: str = typer.Option(..., "--output", "-o", help="Adapter name to publish to."),
-    base_model: str = typer.Option("smollm2-135m-instruct", help="Base model in the registry."),
-    validation_dataset: str = typer.Option("", help="Validation dataset in the registry."),
-    method: str = typer.Option("lora", help=f"One of {', '.join(METHODS)}."),
-    rank: int = typer.Option(0, "--rank", "-r", help="LoRA rank (default 16)."),
-    alpha: float = typer.Option(0, help="LoRA alpha (default 2 x rank)."),
-    epochs: float = typer.Option(0, help="Epochs (default 3)."),
-    max_steps: int = typer.Option(0, help="Stop after this many steps (overrides epochs)."),
-    learning_rate: float = typer.Option(0, "--lr", help="Learning rate (default 2e-4)."),
-    batch_size: int = typer.Option(0, help="Per-device batch size (default 8)."),
-    max_seq_length: int = typer.Option(0, help="Tokens per example (default 1024)."),
-    packing: bool = typer.Option(False, help="Pack short examples into full sequences."),
-    precision: str = typer.Option("", help="fp32, bf16 or fp16 (default by device)."),
-    save_steps: int = typer.Option(0, help="Checkpoint every N steps (default 50)."),
-    eval_steps: int = typer.Option(0, help="Evaluate every N steps."),
-    train_on_prompt: bool = typer.Option(False, help="Also compute the loss on prompt tokens."),
+    settings: dict,
     idempotency_key: str = typer.Option("", help="Same key again returns the same job."),
     watch_: bool = typer.Option(False, "--watch", help="Follow the job until it ends."),
 ) -> None:
     """Queue a fine-tuning job; prints its id."""
-    if method not in METHODS:
-        err.print(f"[bold red]error:[/] unknown method {method!r}; use one of {', '.join(METHODS)}")
-        raise typer.Exit(2)
-    if precision and precision not in PRECISIONS:
-        err.print("[bold red]error:[/] precision must be fp32, bf16 or fp16")
-        raise typer.Exit(2)
-    spec = trainer_pb2.TrainingSpec(
-        base_model=base_model,
-        dataset=dataset,
-        validation_dataset=validation_dataset,
-        method=METHODS[method],
-        output_name=output,
-        lora=trainer_pb2.LoraConfig(r=rank, alpha=alpha),
-        hyperparameters=trainer_pb2.Hyperparameters(
-            epochs=epochs,
-            max_steps=max_steps,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            max_seq_length=max_seq_length,
-            packing=packing,
-            precision=PRECISIONS.get(precision, 0),
-            save_steps=save_steps,
-            eval_steps=eval_steps,
-            train_on_prompt=train_on_prompt,
-        ),
-    )
     try:
+        spec = spec_from_values(settings)
         with _client() as client:
             job = client.create_job(spec, idempotency_key=idempotency_key)
             out.print(job.id, highlight=False)

@@ -1,12 +1,11 @@
-"""What every recipe shares: its config file, the event channel to the service, model loading,
-atomic checkpoints, the training report and the loss curve."""
+"""What every recipe shares: its config file, model loading, atomic checkpoints, the training
+report and the loss curve. Events go to the service through ``worker.protocol.emit``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -17,10 +16,7 @@ from services.common.errors import TuneplexError
 from services.trainer.checkpoints import clear_staging, commit_checkpoint, latest_checkpoint
 from services.trainer.recipes.report import write_report
 from services.trainer.spec import TrainingConfig
-
-# The worker's stdout carries events as lines with this prefix; everything else is log.
-EVENT_PREFIX = "@@tuneplex-event "
-EXIT_DOMAIN_ERROR = 3  # the job is wrong, retrying cannot help
+from services.trainer.worker.protocol import emit, exit_for
 
 
 class RecipeConfig(BaseModel):
@@ -43,12 +39,6 @@ class RecipeConfig(BaseModel):
         return self.checkpoint_dir or output.with_name(output.name + "-checkpoints")
 
 
-def emit(kind: str, **fields) -> None:
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
-        return
-    print(EVENT_PREFIX + json.dumps({"type": kind, **fields}), flush=True)
-
-
 def recipe_main(run, config_class=None) -> None:
     """``python -m services.trainer.recipes.<name> --config job.json --output DIR``; the JSON is
     a ``RecipeConfig`` unless the recipe names its own config class."""
@@ -63,13 +53,7 @@ def recipe_main(run, config_class=None) -> None:
     try:
         run(config, args.output)
     except TuneplexError as exc:
-        emit(
-            "failed",
-            code=exc.code or type(exc).__name__,
-            message=exc.message,
-            param=exc.param or "",
-        )
-        sys.exit(EXIT_DOMAIN_ERROR)
+        exit_for(exc)
 
 
 def torch_dtype(config: TrainingConfig):
@@ -141,33 +125,35 @@ def sft_args(
     packing: bool,
     deepspeed: Path | None = None,
 ):
-    """SFTConfig from the spec. ``staging`` receives checkpoints before their atomic commit."""
+    """SFTConfig from the spec. ``staging`` receives checkpoints before their atomic commit.
+
+    Settings named as in TRL (``learning_rate``, ``seed``, ``weight_decay``, ...) pass through
+    by name, so a new one of those needs no line here; the rest are spelled out because TRL
+    names them differently or reads their zero differently."""
+    from dataclasses import fields
+
     from trl import SFTConfig
 
+    same_name = {f.name for f in fields(SFTConfig)} & set(type(config).model_fields)
+    by_name = {name: getattr(config, name) for name in same_name}
     eval_strategy = ("steps" if config.eval_steps else "epoch") if has_eval else "no"
-    return SFTConfig(
+    spelled_out = dict(
         output_dir=str(staging),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
-        learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of total steps
-        weight_decay=config.weight_decay,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        gradient_checkpointing=config.gradient_checkpointing,
         max_length=config.max_seq_length,
-        packing=packing,
+        packing=packing,  # the recipe decides (continued pretraining always packs)
         neftune_noise_alpha=config.neftune_noise_alpha or None,
         bf16=config.precision == "bf16",
         fp16=config.precision == "fp16",
-        seed=config.seed,
         data_seed=config.seed,
         eval_strategy=eval_strategy,
         eval_steps=config.eval_steps or None,
         save_strategy="steps",
-        save_steps=config.save_steps,
         metric_for_best_model="eval_loss" if config.early_stopping_patience else None,
         logging_steps=1,
         logging_first_step=True,
@@ -180,6 +166,7 @@ def sft_args(
         # Our own callback commits checkpoints atomically; the Trainer's rotation would race it.
         save_total_limit=None,
     )
+    return SFTConfig(**(by_name | spelled_out))
 
 
 class EventCallback(TrainerCallback):
@@ -280,6 +267,7 @@ def fit(
     tokenizer.save_pretrained(str(output))
     # A pickle: the registry refuses it, and nothing downstream needs the Trainer's arguments.
     (output / "training_args.bin").unlink(missing_ok=True)
+    name_base_model(output, config.model_dir, config.report.get("base_model", ""))
     tokens = trainer.state.num_input_tokens_seen - events.first_tokens
     report = write_report(
         config,
@@ -292,3 +280,23 @@ def fit(
     )
     emit("result", metrics=report["metrics"])
     return report
+
+
+def name_base_model(output: Path, local_dir: Path, ref: str) -> None:
+    """Replace the worker's local cache path of the base model by its registry ref in what PEFT
+    and transformers save (``adapter_config.json``, the model card): users downloading the
+    version see ``smollm2-135m-instruct@1``, never a folder of the machine that trained it.
+    A recipe run by hand (no ref) keeps the path it was given."""
+    if not ref:
+        return
+    local = str(local_dir)
+    adapter_config = output / "adapter_config.json"
+    if adapter_config.is_file():
+        data = json.loads(adapter_config.read_text())
+        if data.get("base_model_name_or_path") == local:
+            data["base_model_name_or_path"] = ref
+            adapter_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    for name in ("README.md", "config.json"):
+        path = output / name
+        if path.is_file() and local in (text := path.read_text()):
+            path.write_text(text.replace(local, ref))

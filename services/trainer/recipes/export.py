@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict
 
 from services.common.errors import FailedPrecondition
 from services.trainer.export_spec import ExportConfig, LoadPlan, merge_load_plan
-from services.trainer.recipes.common import emit, recipe_main
+from services.trainer.recipes.common import recipe_main
+from services.trainer.worker.protocol import emit
 
 P = "export.adapter"
 EMBEDDINGS = ("embed_tokens", "lm_head", "wte", "embed_out")

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.trainer.recipes.chat_data import pack_text_file
-from services.trainer.recipes.common import RecipeConfig, emit, fit, load_model, recipe_main
+from services.trainer.recipes.common import RecipeConfig, fit, load_model, recipe_main
 from services.trainer.recipes.sft import load_tokenizer
+from services.trainer.worker.protocol import emit
 
 
 def run(config: RecipeConfig, output: Path) -> dict:

@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.trainer.recipes.chat_data import tokenize_chat_file
-from services.trainer.recipes.common import RecipeConfig, emit, fit, load_model, recipe_main
+from services.trainer.recipes.common import RecipeConfig, fit, load_model, recipe_main
+from services.trainer.worker.protocol import emit
 
 
 def load_tokenizer(model_dir: Path):

@@ -1,2 +1,2 @@
 """Where job workers run: a local subprocess or a Kubernetes Job; both run
-``python -m services.trainer.worker`` and speak the same event lines."""
+``python -m services.trainer.worker`` and read the event lines of ``worker.protocol``."""

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
-
-from services.trainer.recipes.common import EVENT_PREFIX
 
 
 class WorkerHandle(Protocol):
@@ -26,13 +23,3 @@ class Runner(Protocol):
         self, job_id: str, job_dir: Path, num_gpus: int, zero_stage: int, attempt: int = 1
     ) -> WorkerHandle: ...
 
-
-def parse_event_line(line: str) -> dict | None:
-    """The event a worker stdout line carries, or None for a plain log line."""
-    if not line.startswith(EVENT_PREFIX):
-        return None
-    try:
-        event = json.loads(line[len(EVENT_PREFIX) :])
-    except json.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) and "type" in event else None

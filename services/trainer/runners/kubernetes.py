@@ -19,12 +19,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from services.common.errors import FailedPrecondition
-from services.trainer.runners.base import parse_event_line
 from services.trainer.runners.deepspeed import zero_config
+from services.trainer.worker.protocol import (
+    CONFIG_ENV,
+    CONFIG_FILE,
+    DEEPSPEED_ENV,
+    REGISTRY_KEY_ENV,
+    parse_event_line,
+    worker_args,
+)
 
 WORK_MOUNT = "/var/lib/tuneplex"
-CONFIG_ENV = "TUNEPLEX_WORKER_CONFIG"
-DEEPSPEED_ENV = "TUNEPLEX_WORKER_DEEPSPEED"
 
 
 def job_name(job_id: str, attempt: int) -> str:
@@ -49,7 +54,7 @@ def build_job_manifest(
 ) -> dict:
     """The batch/v1 Job of one attempt of ``job_id``."""
     job_dir = f"{WORK_MOUNT}/jobs/{job_id}"
-    worker = ["-m", "services.trainer.worker", "--job-dir", job_dir]
+    worker = worker_args(job_dir)
     if num_gpus > 1:
         command = [
             "python",
@@ -77,7 +82,7 @@ def build_job_manifest(
     env = [
         {"name": CONFIG_ENV, "value": json.dumps(worker_config)},
         {
-            "name": "TUNEPLEX_TRAINER_REGISTRY_API_KEY",
+            "name": REGISTRY_KEY_ENV,
             "valueFrom": {
                 "secretKeyRef": {"name": "tuneplex-api-key", "key": "api-key", "optional": True}
             },
@@ -229,7 +234,7 @@ class KubernetesRunner:
         manifest = build_job_manifest(
             job_id=job_id,
             attempt=attempt,
-            worker_config=json.loads((job_dir / "worker.json").read_text()),
+            worker_config=json.loads((job_dir / CONFIG_FILE).read_text()),
             namespace=s.k8s_namespace,
             image=s.k8s_image,
             service_account=s.k8s_service_account,

@@ -5,43 +5,31 @@ One device: ``python -m services.trainer.worker``. More than one GPU: the same m
 cancel signals, so torchrun's ranks stop with it. The worker is also bound to the service with
 PR_SET_PDEATHSIG: if the service dies, its workers die too and the restarted service resumes
 them from their last checkpoint, instead of leaving orphans nobody reads. The worker sets
-that itself at start (``bind_to_parent``): a ``preexec_fn`` would run Python between fork and
-exec in a process full of gRPC threads, which aborts the child now and then.
+that itself at start from ``PARENT_PID_ENV`` (``worker.protocol.bind_to_parent``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from services.trainer.runners.base import parse_event_line
 from services.trainer.runners.deepspeed import write_zero_config
-
-PR_SET_PDEATHSIG = 1
-PARENT_PID_ENV = "TUNEPLEX_WORKER_PARENT_PID"
-
-
-def bind_to_parent() -> None:
-    """In the worker: get SIGKILL when the process that started it dies (Linux only)."""
-    parent = os.environ.get(PARENT_PID_ENV)
-    if not parent:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    # The service may have died before prctl: then nobody reads us. (Under torchrun the parent
-    # is torchrun, so only a direct child checks.)
-    if "RANK" not in os.environ and os.getppid() != int(parent):
-        os._exit(1)
+from services.trainer.worker.protocol import (
+    DEEPSPEED_FILE,
+    LOG_FILE,
+    PARENT_PID_ENV,
+    parse_event_line,
+    worker_args,
+)
 
 
 def worker_command(job_dir: Path, num_gpus: int, zero_stage: int) -> list[str]:
-    worker = ["-m", "services.trainer.worker", "--job-dir", str(job_dir)]
+    worker = worker_args(job_dir)
     if num_gpus <= 1:
         return [sys.executable, *worker]
     return [
@@ -94,8 +82,8 @@ class LocalRunner:
         self, job_id: str, job_dir: Path, num_gpus: int, zero_stage: int, attempt: int = 1
     ) -> LocalWorker:
         if num_gpus > 1:
-            write_zero_config(zero_stage, job_dir / "deepspeed.json")
-        log_path = job_dir / "worker.log"
+            write_zero_config(zero_stage, job_dir / DEEPSPEED_FILE)
+        log_path = job_dir / LOG_FILE
         env = {
             **os.environ,
             **self.extra_env,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class AdapterVersion:
     version: int
     cache_key: str  # manifest sha256
     base_ref: str
-    files: list[dict] = field(default_factory=list, compare=False, hash=False)
+    files: list[dict[str, Any]] = field(default_factory=list, compare=False, hash=False)
 
     @property
     def ref(self) -> str:
@@ -46,6 +47,12 @@ class AdapterVersion:
         """vLLM's name for it: the version and content hash, so a new version or a re-push
         never collides with what an engine already has under the same user-facing name."""
         return f"{self.name}@v{self.version}-{self.cache_key[:8]}"
+
+
+def export_hint(ref: str) -> str:
+    """How to serve anyway an adapter version that vLLM cannot load at runtime."""
+    return (f"export a merged model instead (`tuneplex export {ref} --name NEW-NAME`) and "
+            "serve it as a base model (TUNEPLEX_GATEWAY_BASE_MODELS)")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,73 @@
+"""Writes docs/training-spec.md from the declaration of the training spec
+(``services/common/training_spec.py``), so the reference cannot drift.
+
+    .venv/bin/python scripts/gen_spec_docs.py          # rewrite
+    .venv/bin/python scripts/gen_spec_docs.py --check  # exit 1 if out of date (tests)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "training-spec.md"
+TITLES = {
+    "": "Job",
+    "lora": "LoRA (`training.lora`)",
+    "hyperparameters": "Optimisation (`training.hyperparameters`)",
+}
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render() -> str:
+    sys.path.insert(0, str(REPO))
+    from services.common import training_spec_text as text
+    from services.common.training_spec import FIELDS, param_of, section_of
+
+    lines = [
+        "# Training spec reference",
+        "",
+        "Generated from `services/common/training_spec.py` by `scripts/gen_spec_docs.py`; do not",
+        "edit. Each setting is a field of `TrainingConfig` (what the recipes read, and the keys of",
+        "`demo.tune` runs and of the SDK's `training_spec(**settings)`), travels in one field of",
+        "`tuneplex.trainer.v1.TrainingSpec` (its path is the `param` of an error about it) and is",
+        "a `tuneplex jobs create` flag. On the wire a zero value (0, empty, false) means the",
+        "default, except for `optional` fields (`lora.dropout`, `warmup_ratio`, `seed`), where 0",
+        "is a value. Every number must be finite and within its range.",
+        "",
+    ]
+    for section, title in TITLES.items():
+        lines += [f"## {title}", ""]
+        lines += [
+            "| setting | proto field | default | allowed | meaning |",
+            "|---|---|---|---|---|",
+        ]
+        for name, field in FIELDS.items():
+            if section_of(name) != section:
+                continue
+            lines.append(
+                f"| `{name}` | `{param_of(name)}` | {_cell(text.default_text(name))} | "
+                f"{_cell(text.allowed_text(name))} | {_cell(field.description or '')} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    text = render()
+    if "--check" in sys.argv:
+        if not DOC.exists() or DOC.read_text() != text:
+            print("docs/training-spec.md is out of date: run scripts/gen_spec_docs.py")
+            return 1
+        return 0
+    DOC.write_text(text)
+    print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

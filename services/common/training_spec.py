@@ -1,0 +1,367 @@
+"""The training spec, declared once.
+
+Every setting of a training job is one field of ``TrainingConfig``: its default, its bounds, its
+help text and the section of ``tuneplex.trainer.v1.TrainingSpec`` it travels in (``training.*``,
+``training.lora.*``, ``training.hyperparameters.*``). The rest is derived from that declaration:
+reading and writing the proto (``training_spec_proto.py``: by field name; ``PROTO_NAMES`` and
+``ENUMS`` hold the only exceptions), the validation messages (``training_spec_text.py``, from
+the bounds), the ``tuneplex jobs create`` flags and docs/training-spec.md
+(``scripts/gen_spec_docs.py``).
+
+It lives in ``common`` because both sides read it: the trainer validates with it and the CLI
+builds its flags from it. Rules that depend on the device (qlora needs CUDA, ...) stay with the
+trainer (``services/trainer/spec.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from services.common.errors import InvalidArgument
+from services.common.refs import check_name, parse_ref
+from services.common.stubs import trainer_pb2
+
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+Method = Literal["lora", "qlora", "dora", "full", "continued_pretraining"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+
+METHODS: dict[trainer_pb2.Method, Method] = {
+    trainer_pb2.METHOD_LORA: "lora",
+    trainer_pb2.METHOD_QLORA: "qlora",
+    trainer_pb2.METHOD_DORA: "dora",
+    trainer_pb2.METHOD_FULL: "full",
+    trainer_pb2.METHOD_CONTINUED_PRETRAINING: "continued_pretraining",
+}
+PRECISIONS: dict[trainer_pb2.Precision, Precision] = {
+    trainer_pb2.PRECISION_FP32: "fp32",
+    trainer_pb2.PRECISION_BF16: "bf16",
+    trainer_pb2.PRECISION_FP16: "fp16",
+}
+SCHEDULERS: dict[trainer_pb2.LrScheduler, Scheduler] = {
+    trainer_pb2.LR_SCHEDULER_LINEAR: "linear",
+    trainer_pb2.LR_SCHEDULER_COSINE: "cosine",
+    trainer_pb2.LR_SCHEDULER_CONSTANT: "constant",
+    trainer_pb2.LR_SCHEDULER_CONSTANT_WITH_WARMUP: "constant_with_warmup",
+}
+ADAPTER_METHODS = ("lora", "qlora", "dora", "continued_pretraining")
+
+# The only places where the wire and the config differ: enum numbers and the `lora_` prefix
+# that keeps the flat config readable.
+# Keyed by each field's own proto enum type; a value read off the wire is a plain int.
+ENUMS: dict[str, Mapping[Any, str]] = {
+    "method": METHODS,
+    "precision": PRECISIONS,
+    "lr_scheduler": SCHEDULERS,
+}
+PROTO_NAMES = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}
+SECTIONS = {"training": "", "lora": "lora", "hyperparameters": "hyperparameters"}
+REF = "`name`, `name@version` or `name@alias`"
+INT32_MAX = 2**31 - 1
+
+
+def setting(
+    default: Any = PydanticUndefined,
+    *,
+    section: str,
+    help: str,
+    default_text: str | None = None,
+    allowed: str | None = None,
+    **bounds: Any,
+) -> Any:
+    """A ``TrainingConfig`` field: ``section`` of ``TrainingSpec`` it travels in, ``help`` for
+    the CLI and the docs, ``default_text`` where the default depends on other settings,
+    ``allowed`` where a validator, not the bounds, says what is allowed."""
+    extra: dict[str, JsonValue] = {"section": section}
+    if default_text:
+        extra["default_text"] = default_text
+    if allowed:
+        extra["allowed"] = allowed
+    return Field(default, description=help, json_schema_extra=extra, **bounds)
+
+
+class TrainingConfig(BaseModel):
+    """Every knob of a training job, defaults applied. Frozen: what was validated is what runs.
+
+    On the wire a zero value (0, "", false, empty list) means "unset: the default", except for
+    the settings whose proto field has explicit presence (``optional``: dropout, warmup, seed),
+    where 0 is a value."""
+
+    # No inf or nan anywhere: every float is finite, and bounded by its field.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    base_model: str = setting(
+        section="training",
+        help="Base model in the registry, e.g. `smollm2-135m-instruct`.",
+        allowed=REF,
+    )
+    dataset: str = setting(
+        section="training", help="Dataset in the registry, e.g. `shop-sql@1`.", allowed=REF
+    )
+    validation_dataset: str = setting(
+        "",
+        section="training",
+        help="Validation dataset in the registry (for eval_steps).",
+        allowed=REF,
+    )
+    output_name: str = setting(
+        section="training",
+        help="Adapter name to publish to (a model name for method full).",
+        allowed="a name: lowercase letters, digits, '-', '_', '.'",
+    )
+    method: Method = setting("lora", section="training", help="Fine-tuning method.")
+    num_gpus: int = setting(
+        0,
+        section="training",
+        help="GPUs to train on; more than one launches DeepSpeed ZeRO. 0: the CPU where there "
+        "is no GPU.",
+        ge=0,
+        le=1024,
+    )
+    zero_stage: int = setting(
+        0,
+        section="training",
+        help="ZeRO stage of a multi-GPU run: 2 or 3.",
+        default_text="2 with num_gpus > 1, else 0",
+        allowed="0, 2, 3",
+    )
+
+    lora_r: int = setting(16, section="lora", help="LoRA rank.", ge=1, le=1024)
+    lora_alpha: float = setting(
+        32.0, section="lora", help="LoRA scaling alpha.", default_text="2 x lora_r", gt=0, le=16384
+    )
+    lora_dropout: float = setting(0.05, section="lora", help="LoRA dropout.", ge=0, lt=1)
+    target_modules: tuple[str, ...] = setting(
+        ("all-linear",),
+        section="lora",
+        help="Module names to adapt, or all-linear.",
+        allowed="module names such as q_proj, v_proj",
+    )
+    use_rslora: bool = setting(
+        False, section="lora", help="Scale by alpha / sqrt(r) instead of alpha / r."
+    )
+    loraplus_lr_ratio: float = setting(
+        0.0,
+        section="lora",
+        help="LoRA+: learning-rate ratio of B over A, >= 1 (e.g. 16); 0 turns it off.",
+        allowed="0 or [1, 1024]",
+        ge=0,
+        le=1024,
+    )
+
+    epochs: float = setting(3.0, section="hyperparameters", help="Epochs.", gt=0, le=100)
+    max_steps: int = setting(
+        0,
+        section="hyperparameters",
+        help="Stop after this many steps (overrides epochs); 0: use epochs.",
+        ge=0,
+        le=INT32_MAX,
+    )
+    learning_rate: float = setting(
+        2e-4,
+        section="hyperparameters",
+        help="Peak learning rate.",
+        default_text="2e-4 for adapters, 2e-5 for method full",
+        gt=0,
+        le=1,
+    )
+    lr_scheduler: Scheduler = setting(
+        "linear", section="hyperparameters", help="Learning-rate schedule."
+    )
+    warmup_ratio: float = setting(
+        0.03, section="hyperparameters", help="Fraction of steps spent warming up.", ge=0, lt=1
+    )
+    batch_size: int = setting(
+        8, section="hyperparameters", help="Per-device batch size.", ge=1, le=65536
+    )
+    gradient_accumulation_steps: int = setting(
+        1, section="hyperparameters", help="Batches per optimizer step.", ge=1, le=4096
+    )
+    max_seq_length: int = setting(
+        512, section="hyperparameters", help="Tokens per example.", ge=16, le=1_048_576
+    )
+    packing: bool = setting(
+        False, section="hyperparameters", help="Pack short examples into full sequences."
+    )
+    neftune_noise_alpha: float = setting(
+        0.0, section="hyperparameters", help="NEFTune noise alpha; 0 turns it off.", ge=0, le=100
+    )
+    gradient_checkpointing: bool = setting(
+        False, section="hyperparameters", help="Recompute activations to save memory."
+    )
+    precision: Precision = setting(
+        "fp32",
+        section="hyperparameters",
+        help="Training precision.",
+        default_text="bf16 on CUDA, fp32 on CPU",
+    )
+    seed: int = setting(42, section="hyperparameters", help="Random seed.", ge=0, lt=2**32)
+    eval_steps: int = setting(
+        0,
+        section="hyperparameters",
+        help="Evaluate every N steps (needs a validation_dataset); 0: once per epoch.",
+        ge=0,
+        le=INT32_MAX,
+    )
+    save_steps: int = setting(
+        50, section="hyperparameters", help="Checkpoint every N steps.", ge=1, le=INT32_MAX
+    )
+    early_stopping_patience: int = setting(
+        0,
+        section="hyperparameters",
+        help="Stop after N evaluations without improvement (needs a validation_dataset); 0: off.",
+        ge=0,
+        le=INT32_MAX,
+    )
+    train_on_prompt: bool = setting(
+        False,
+        section="hyperparameters",
+        help="Compute the loss on prompt tokens too, not only on assistant tokens.",
+    )
+    # Decoupled weight decay scales weights by (1 - lr * weight_decay) each step: with lr <= 1,
+    # weight_decay <= 1 keeps that factor from going negative.
+    weight_decay: float = setting(
+        0.0, section="hyperparameters", help="AdamW weight decay.", ge=0, le=1
+    )
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.method in ADAPTER_METHODS
+
+    @property
+    def output_kind(self) -> str:
+        """Registry kind of what the job publishes."""
+        return "adapter" if self.is_adapter else "model"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_defaults(cls, values: Any) -> Any:
+        """Defaults that depend on other settings (see each field's ``default_text``)."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        if not values.get("lora_alpha") and isinstance(values.get("lora_r"), int):
+            values["lora_alpha"] = 2.0 * values["lora_r"]
+        if not values.get("learning_rate"):
+            full = values.get("method") not in (None, *ADAPTER_METHODS)
+            values["learning_rate"] = 2e-5 if full else 2e-4
+        if not values.get("zero_stage") and isinstance(values.get("num_gpus"), int):
+            values["zero_stage"] = 2 if values["num_gpus"] > 1 else 0
+        return values
+
+    @field_validator("base_model", "dataset", "validation_dataset", "output_name")
+    @classmethod
+    def _registry_name(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "validation_dataset" and not value:
+            return value
+        # The registry's own grammar (ASCII digits, bounded versions), so a ref the trainer
+        # accepts is one the registry can resolve.
+        # Only the message is kept: the error's location (pydantic's loc) names the field.
+        try:
+            if info.field_name == "output_name":
+                check_name(value, "output_name")
+            else:
+                parse_ref(value)
+        except InvalidArgument as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _module_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if name != "all-linear" and not MODULE_RE.match(name):
+                raise ValueError(
+                    f"target module {name!r} is not a module name; use names such as q_proj, "
+                    "v_proj or all-linear"
+                )
+        return value or ("all-linear",)
+
+    @field_validator("loraplus_lr_ratio")
+    @classmethod
+    def _loraplus_ratio(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError(f"lora.loraplus_lr_ratio={value}; use 0 (off) or >= 1 (e.g. 16)")
+        return value
+
+    @field_validator("zero_stage")
+    @classmethod
+    def _zero_stage(cls, value: int) -> int:
+        if value not in (0, 2, 3):
+            raise ValueError("zero_stage must be 2 or 3 (0 picks 2)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingConfig:
+        """Rules between settings; each names the setting to change."""
+        _require(
+            self.zero_stage == 0 or self.num_gpus > 1,
+            "zero_stage applies to multi-GPU runs only; set num_gpus > 1 or zero_stage 0",
+            "zero_stage",
+        )
+        _require(
+            not (self.method == "qlora" and self.zero_stage == 3),
+            "qlora with ZeRO-3 is not supported here; use zero_stage 2",
+            "zero_stage",
+        )
+        _require(
+            bool(self.validation_dataset)
+            or (self.eval_steps == 0 and self.early_stopping_patience == 0),
+            "eval_steps and early_stopping_patience need a validation_dataset; set one or drop "
+            "them",
+            "validation_dataset",
+        )
+        _require(
+            not (self.method == "continued_pretraining" and self.train_on_prompt),
+            "train_on_prompt has no meaning for continued_pretraining (every token is trained "
+            "on); drop it",
+            "train_on_prompt",
+        )
+        return self
+
+
+FIELDS: dict[str, FieldInfo] = TrainingConfig.model_fields
+
+
+def extra_of(name: str) -> dict[str, str]:
+    """What ``setting()`` attached to a field: ``section``, and ``default_text`` and ``allowed``
+    where given."""
+    extra = FIELDS[name].json_schema_extra
+    if not isinstance(extra, dict):
+        return {}
+    return {key: value for key, value in extra.items() if isinstance(value, str)}
+
+
+def section_of(name: str) -> str:
+    return SECTIONS[extra_of(name)["section"]]
+
+
+def proto_name(name: str) -> str:
+    return PROTO_NAMES.get(name, name)
+
+
+def param_of(name: str) -> str:
+    """The setting's path in a JobSpec, e.g. ``training.hyperparameters.batch_size``: the
+    ``param`` of its errors."""
+    section = section_of(name)
+    return ".".join(filter(None, ("training", section, proto_name(name))))
+
+
+def _require(ok: bool, message: str, name: str) -> None:
+    if not ok:
+        raise InvalidArgument(message, param=param_of(name), code="invalid_spec")

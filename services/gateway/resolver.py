@@ -1,0 +1,184 @@
+"""ModelResolver: a request's `model` -> a served base model, or an adapter version on one.
+
+Name resolution only: which bases this gateway serves (prepared once into verified local
+folders), what the registry says a name means now (a pinned `name@7` is remembered a while, a
+mutable `name`/`name@alias` for `resolve_ttl_s`), and whether vLLM can serve what it found.
+Found-but-unservable (DoRA, modules_to_save, too high a rank, another base) is a 400 that says
+how to serve it anyway; not found is a 404. Whether an adapter is loaded in an engine is
+residency's business (residency.py), not this module's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    shown,
+)
+from services.common.refs import is_version_number, version_number
+from services.common.stubs import registry_pb2
+from services.gateway.cache import VerifiedDiskCache, manifest_files
+from services.gateway.registry_reader import RegistryReader
+from services.gateway.served import AdapterVersion, ResolvedModel, ServedBase, export_hint
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+# `name@7` never changes meaning, but it can be deleted: look again now and then.
+_PINNED_VERSION_TTL_S = 60.0
+
+
+@dataclass
+class _Resolution:
+    adapter: AdapterVersion
+    at: float
+
+
+def _is_pinned_version(ref: str) -> bool:
+    return is_version_number(ref.partition("@")[2])
+
+
+def check_version_selector(model: str) -> None:
+    """A `model` of the form `name@<number>` must be a version the registry can hold: ASCII
+    digits (`str.isdigit` also takes `²`, which int() refuses, and `١`, which it reads as 1)
+    from 1 to 2**63-1. Anything else after `@` is an alias, for the registry to find or not."""
+    selector = model.partition("@")[2]
+    if not (is_version_number(selector) or selector.isnumeric()):
+        return
+    try:
+        version_number(selector, param="model")
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"invalid model {shown(model)}: {exc.message}", param="model",
+                              code="invalid_version") from None
+
+
+class ModelResolver:
+    def __init__(self, settings: GatewaySettings, registry: RegistryReader,
+                 cache: VerifiedDiskCache):
+        self._settings = settings
+        self._registry = registry
+        self._cache = cache
+        self.bases: dict[str, ServedBase] = {}
+        self._resolved: dict[str, _Resolution] = {}
+
+    # -- base models -------------------------------------------------------------------------
+
+    async def prepare_bases(self) -> list[ServedBase]:
+        """Turn each configured base into a local folder: a path as is, a registry ref pulled
+        into the cache (sha256-verified, reused across restarts)."""
+        for ref in self._settings.base_models:
+            path = Path(ref).expanduser()
+            if "/" in ref or path.is_dir():
+                if not (path / "config.json").is_file():
+                    raise FailedPrecondition(f"base model folder {path} has no config.json")
+                base = ServedBase(name=path.name, path=path.resolve())
+            else:
+                version = await self._registry.resolve("model", ref)
+                entry = await self._cache.local_copy(
+                    self._registry, "model", f"{version.name}@{version.version}",
+                    version.manifest.sha256, self.base_keys)
+                base = ServedBase(version.name, entry.path, version.version, entry.key)
+            self.bases[base.name] = base
+        return list(self.bases.values())
+
+    def base_keys(self) -> Collection[str]:
+        """Cache keys of the served bases: the engines read them, so the cache keeps them."""
+        return {b.cache_key for b in self.bases.values() if b.cache_key}
+
+    def _base_named(self, model: str) -> ServedBase | None:
+        if model in self.bases:
+            return self.bases[model]
+        name, _, version = model.partition("@")
+        base = self.bases.get(name)
+        return base if base is not None and version == str(base.version) else None
+
+    # -- resolving ---------------------------------------------------------------------------
+
+    async def resolve(self, model: str) -> ResolvedModel:
+        check_version_selector(model)
+        base = self._base_named(model)
+        if base is not None:
+            return ResolvedModel(base)
+        adapter = await self._resolve_adapter(model)
+        return ResolvedModel(self._base_for(adapter), adapter)
+
+    async def _resolve_adapter(self, ref: str) -> AdapterVersion:
+        ttl = _PINNED_VERSION_TTL_S if _is_pinned_version(ref) else self._settings.resolve_ttl_s
+        cached = self._resolved.get(ref)
+        now = time.monotonic()
+        if cached is not None and now - cached.at < ttl:
+            return cached.adapter
+        try:
+            version = await self._registry.resolve("adapter", ref)
+        except (NotFound, InvalidArgument):
+            self._resolved.pop(ref, None)
+            raise NotFound(
+                f"The model '{ref}' does not exist: it is neither a served base model "
+                f"({', '.join(sorted(self.bases))}) nor an adapter in the registry.",
+                param="model", code="model_not_found",
+            ) from None
+        except Unavailable:
+            if cached is None:
+                raise
+            # Keep serving what the name meant a moment ago rather than failing every request.
+            log.warning("registry unavailable; serving %s as %s", ref, cached.adapter.ref)
+            return cached.adapter
+        adapter = self._check_servable(ref, version)
+        self._resolved[ref] = _Resolution(adapter, now)
+        return adapter
+
+    def _check_servable(self, ref: str, version: registry_pb2.ArtifactVersion) -> AdapterVersion:
+        if version.WhichOneof("info") != "adapter":
+            raise FailedPrecondition(f"'{ref}' is not an adapter", param="model")
+        info = version.adapter
+        exact = f"{version.name}@{version.version}"
+        problem = None
+        if info.peft_type and info.peft_type.upper() != "LORA":
+            problem = f"is a {info.peft_type} adapter; vLLM serves LoRA adapters only"
+        elif info.use_dora:
+            problem = "uses DoRA, which vLLM cannot load as a runtime adapter"
+        elif info.modules_to_save:
+            problem = (f"trains full copies of {', '.join(info.modules_to_save)} "
+                       "(modules_to_save), which vLLM cannot load as a runtime adapter")
+        elif info.rank > self._settings.max_lora_rank:
+            problem = (f"has rank {info.rank}, above this gateway's max_lora_rank "
+                       f"{self._settings.max_lora_rank} (TUNEPLEX_GATEWAY_MAX_LORA_RANK)")
+        if problem:
+            raise FailedPrecondition(f"adapter {exact} {problem}: {export_hint(exact)}.",
+                                     param="model", code="adapter_not_servable")
+        broken = self._cache.unservable(version.manifest.sha256)
+        if broken:  # its files could not be written here before: do not list or fetch it again
+            raise FailedPrecondition(f"adapter {exact} cannot be served: {broken}",
+                                     param="model", code="adapter_not_servable")
+        return AdapterVersion(version.name, version.version, version.manifest.sha256,
+                              info.base_model, manifest_files(version))
+
+    def _base_for(self, adapter: AdapterVersion) -> ServedBase:
+        for base in self.bases.values():
+            if base.accepts(adapter.base_ref):
+                return base
+        served = ", ".join(b.ref for b in self.bases.values())
+        raise FailedPrecondition(
+            f"adapter {adapter.ref} was trained on {adapter.base_ref}, but this gateway serves "
+            f"{served}: serve that base model, or {export_hint(adapter.ref)}.",
+            param="model", code="adapter_base_mismatch",
+        )
+
+    async def servable_adapters(self) -> list[tuple[registry_pb2.Artifact, ServedBase]]:
+        """Every adapter whose latest version this gateway can serve, with its base."""
+        out = []
+        for artifact in await self._registry.list("adapter"):
+            try:
+                adapter = self._check_servable(artifact.name, artifact.latest)
+                out.append((artifact, self._base_for(adapter)))
+            except FailedPrecondition:
+                continue
+        return out

@@ -1,0 +1,80 @@
+"""Training work: registry -> sft/pretrain recipe -> registry.
+
+Pulls the base model and datasets into the shared cache, runs the method's recipe with
+checkpoints in the job folder (resuming from the newest complete one), and publishes the result
+with its report, loss curve and lineage as a new version. Under torchrun every rank runs this;
+only rank 0 reports and publishes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from services.client.registry import RegistryClient
+from services.trainer.artifacts import RegistryPullCache, dataset_file, version_ref
+from services.trainer.worker.protocol import CHECKPOINTS_DIR, WorkerConfig, emit, is_rank_zero
+from services.trainer.worker.publish import Publication, publish_once
+
+if TYPE_CHECKING:  # the recipes import the ML stack, which only the work itself may load
+    from services.trainer.recipes.common import RecipeConfig
+
+
+def run_recipe(recipe: RecipeConfig, output: Path) -> dict[str, Any]:
+    if recipe.training.method == "continued_pretraining":
+        from services.trainer.recipes import pretrain
+
+        return pretrain.run(recipe, output)
+    from services.trainer.recipes import sft
+
+    return sft.run(recipe, output)
+
+
+def run(config: WorkerConfig, job_dir: Path, client: RegistryClient) -> str | None:
+    """Train and publish; returns the published ``name@version`` (rank 0)."""
+    from services.trainer.recipes.common import RecipeConfig
+
+    t = config.training
+    assert t is not None
+    emit("state", state="VALIDATING", message="fetching base model and datasets")
+
+    def train() -> Publication | None:
+        cache = RegistryPullCache(client, config.cache_dir)
+        model, model_dir = cache.fetch("model", t.base_model, "training.base_model")
+        dataset, data_dir = cache.fetch("dataset", t.dataset, "training.dataset")
+        validation = eval_file = None
+        if t.validation_dataset:
+            validation, eval_dir = cache.fetch(
+                "dataset", t.validation_dataset, "training.validation_dataset"
+            )
+            eval_file = dataset_file(eval_dir, t.validation_dataset, "training.validation_dataset")
+        lineage = {
+            "job_id": config.job_id,
+            "base_model": version_ref(model),
+            "dataset": version_ref(dataset),
+            "validation_dataset": version_ref(validation) if validation else "",
+        }
+        recipe = RecipeConfig(
+            training=t,
+            model_dir=model_dir,
+            train_file=dataset_file(data_dir, t.dataset, "training.dataset"),
+            eval_file=eval_file,
+            checkpoint_dir=job_dir / CHECKPOINTS_DIR,
+            deepspeed_config=config.deepspeed_config,
+            report=lineage,
+        )
+        output = job_dir / "output"
+        report = run_recipe(recipe, output)
+        if not is_rank_zero():
+            return None
+        return Publication(
+            folder=output,
+            description=f"{t.method} of {version_ref(model)} on {version_ref(dataset)}",
+            source=f"trainer job {config.job_id}",
+            lineage=lineage,
+            metrics={k: float(v) for k, v in report["metrics"].items()},
+            hyperparameters=t.model_dump(mode="json"),
+            base_model=version_ref(model),
+        )
+
+    return publish_once(client, t.output_kind, t.output_name, config.job_id, train)
