@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.errors import ERROR_TABLE, InvalidArgument, TuneplexError
+from services.common.errors import ERROR_TABLE, InvalidArgument, TuneplexError, shown
 from services.common.version import tuneplex_version
 from services.gateway import metrics
 from services.gateway.api_router import attach_routers
@@ -37,6 +37,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if not loc and first.get("type") in ("model_attributes_type", "dict_type"):
+        return "the request body must be a JSON object", None
     param = ".".join(loc) or None
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     where = f"{param}: " if param else ""
@@ -54,10 +56,18 @@ def register_error_handlers(app: FastAPI) -> None:
         return error_response(InvalidArgument(message, param=param, code="invalid_request"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = next((k for k, m in ERROR_TABLE.items() if m.http_status == exc.status_code),
                     InvalidArgument)
-        body = kind(str(exc.detail)).to_openai()
+        # Starlette's bare "Not Found" / "Method Not Allowed" say nothing a client can fix.
+        route = shown(request.url.path, 100)
+        if exc.status_code == 404:
+            message = f"unknown route {route}; the gateway serves the OpenAI API under /v1"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {route}"
+        else:
+            message = str(exc.detail)
+        body = kind(message).to_openai()
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
     # Anything else is a bug: InternalErrorGuard (a middleware, see build_app) answers it,
     # because an `Exception` handler here would make Starlette drop the connection after it.

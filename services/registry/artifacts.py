@@ -125,9 +125,16 @@ class ArtifactRegistry:
 
         # Always written, even when the blob exists: rewriting refreshes its age, so the GC
         # cannot collect it (as an orphan of a deleted version) while this upload publishes.
-        self.store.put(
-            blob_key(entry.sha256), checked(), size=entry.size_bytes, sha256=entry.sha256
-        )
+        try:
+            self.store.put(
+                blob_key(entry.sha256), checked(), size=entry.size_bytes, sha256=entry.sha256
+            )
+        except InvalidArgument as exc:
+            if exc.param:  # already names its field (a content check of the file)
+                raise
+            raise InvalidArgument(
+                f"file {shown(entry.path)}: {exc.message}", param="files", code=exc.code
+            ) from None
 
     async def _resolve_base_model(self, hint: str) -> str:
         if not hint:
@@ -138,10 +145,12 @@ class ArtifactRegistry:
         # PEFT records the folder it trained from; tuneplex keeps models in folders named
         # after them (<home>/models/<name>), so the last component is the model's name.
         name = hint.rstrip("/").rsplit("/", 1)[-1] if "/" in hint else hint
+        # A malformed ref is the caller's typo (INVALID_ARGUMENT); a well-formed one that names
+        # no model is a missing precondition.
+        ref = parse_ref(name, param="base_model")
         try:
-            ref = parse_ref(name)
             row = await asyncio.to_thread(self.metadata.resolve, "model", ref)
-        except (NotFound, InvalidArgument):
+        except NotFound:
             raise FailedPrecondition(
                 f"unknown base model {shown(hint)}: the registry has no such model; push it first "
                 "(`tuneplex models push`)",

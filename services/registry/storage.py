@@ -55,7 +55,8 @@ class BlobStore(Protocol):
 
 
 class _Digest:
-    """Counts and hashes bytes as they pass, and says whether they are the ones expected."""
+    """Counts and hashes bytes as they pass, and says whether they are the ones expected. Its
+    messages never name the storage key (an internal detail): the caller names the file."""
 
     def __init__(self, key: str, size: int, sha256: str):
         self.key, self.size, self.sha256 = key, size, sha256
@@ -65,15 +66,15 @@ class _Digest:
     def update(self, data: bytes) -> None:
         self.seen += len(data)
         if self.seen > self.size:
-            raise InvalidArgument(f"{self.key}: more than the declared {self.size} bytes")
+            raise InvalidArgument(f"more than the declared {self.size} bytes")
         self.hash.update(data)
 
     def check(self) -> None:
         if self.seen != self.size:
-            raise InvalidArgument(f"{self.key}: got {self.seen} bytes, declared {self.size}")
+            raise InvalidArgument(f"got {self.seen} bytes, declared {self.size}")
         if self.hash.hexdigest() != self.sha256:
             raise InvalidArgument(
-                f"{self.key}: sha256 of the bytes received is {self.hash.hexdigest()}, "
+                f"the sha256 of the bytes received is {self.hash.hexdigest()}, "
                 f"declared {self.sha256}"
             )
 

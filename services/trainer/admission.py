@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import psutil
 from google.protobuf.json_format import MessageToDict
 
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.stubs import trainer_pb2
 from services.trainer.artifacts import RegistryPullCache, model_config, version_ref
 from services.trainer.device import DeviceInfo
@@ -51,7 +51,7 @@ def check_runner(spec: trainer_pb2.JobSpec, runner: str) -> None:
 
 def training_spec_of(spec: trainer_pb2.JobSpec, runner: str) -> trainer_pb2.TrainingSpec:
     if spec.WhichOneof("kind") != "training":
-        raise FailedPrecondition(
+        raise InvalidArgument(
             "spec.training or spec.export is required", param="spec.training", code="invalid_spec"
         )
     check_runner(spec, runner)

@@ -61,9 +61,12 @@ def _check(ok: bool, message: str, param: str) -> None:
 def export_config_from_proto(spec: trainer_pb2.ExportSpec) -> ExportConfig:
     """Validate ``spec`` and apply the defaults (bf16 weights, no Modelfile)."""
     _check(bool(spec.adapter), "export.adapter is required, e.g. `sql-lora@3`", E + "adapter")
-    parse_ref(spec.adapter, param=E + "adapter")
     _check(bool(spec.output_name), "export.output_name is required", E + "output_name")
-    check_name(spec.output_name, "output_name", param=E + "output_name")
+    try:
+        parse_ref(spec.adapter, param=E + "adapter")
+        check_name(spec.output_name, "output_name", param=E + "output_name")
+    except InvalidArgument as exc:
+        raise InvalidArgument(exc.message, param=exc.param, code="invalid_spec") from None
     precision: Precision = "bf16"
     if spec.precision != trainer_pb2.PRECISION_UNSPECIFIED:
         _check(
