@@ -27,9 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from services.trainer.sample_data import chat_examples, write_jsonl  # noqa: E402
 from services.trainer.spec import TrainingConfig  # noqa: E402
 from services.trainer.worker.protocol import EVENT_PREFIX  # noqa: E402
+from tests.helpers.sample_data import chat_examples, write_jsonl  # noqa: E402
 
 DIRECT_TRL = """
 import json, sys

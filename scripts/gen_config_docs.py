@@ -10,6 +10,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from generated_doc import write_or_check
 from pydantic_core import PydanticUndefined
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,15 +66,7 @@ def render() -> str:
 
 
 def main() -> int:
-    text = render()
-    if "--check" in sys.argv:
-        if not DOC.exists() or DOC.read_text() != text:
-            print("docs/configuration.md is out of date: run scripts/gen_config_docs.py")
-            return 1
-        return 0
-    DOC.write_text(text)
-    print(f"wrote {DOC}")
-    return 0
+    return write_or_check(DOC, render(), "gen_config_docs.py")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from generated_doc import write_or_check
+
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "training-spec.md"
 TITLES = {
@@ -58,15 +60,7 @@ def render() -> str:
 
 
 def main() -> int:
-    text = render()
-    if "--check" in sys.argv:
-        if not DOC.exists() or DOC.read_text() != text:
-            print("docs/training-spec.md is out of date: run scripts/gen_spec_docs.py")
-            return 1
-        return 0
-    DOC.write_text(text)
-    print(f"wrote {DOC}")
-    return 0
+    return write_or_check(DOC, render(), "gen_spec_docs.py")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ from services.common.stubs import (
     trainer_pb2,
     trainer_pb2_grpc,
 )
-from services.trainer.sample_data import chat_examples, write_jsonl
 from tests.helpers.registry_artifacts import chat_line, write_adapter, write_model
+from tests.helpers.sample_data import chat_examples, write_jsonl
 from tests.helpers.trainer_process import start_trainer
 
 pytestmark = pytest.mark.integration

@@ -27,8 +27,8 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.stubs import trainer_pb2
-from services.trainer.sample_data import chat_examples, write_jsonl
 from services.trainer.worker.protocol import parse_event_line
+from tests.helpers.sample_data import chat_examples, write_jsonl
 from tests.helpers.trainer_process import TrainerServer, start_trainer, wait_for_final
 
 pytestmark = pytest.mark.integration

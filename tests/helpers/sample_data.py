@@ -1,4 +1,4 @@
-"""A small synthetic chat dataset (country -> capital answers in a fixed format), for demos,
+"""A small synthetic chat dataset (country -> capital answers in a fixed format), for the
 tests and the benchmark: short, learnable in a few dozen steps, and with a mix of lengths."""
 
 from __future__ import annotations
