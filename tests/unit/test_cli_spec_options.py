@@ -74,3 +74,4 @@ def test_every_setting_has_a_flag():
 def test_a_choice_outside_the_declaration_is_a_usage_error():
     result = CliRunner().invoke(probe, ["--dataset", "d", "-o", "x", "--method", "sft"])
     assert result.exit_code == 2 and "lora" in result.output
+

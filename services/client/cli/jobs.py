@@ -124,6 +124,24 @@ def _report_final(job: trainer_pb2.Job) -> None:
         out.print(f"{job.id}: {state_name(job.state)}")
 
 
+class PipedProgress:
+    """When a progress line is due for output that is not a terminal: about every 5% of the
+    steps, at most every 30 s of silence, and the last step."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = every_s
+        self._last_step = 0
+        self._last_at = time.monotonic()
+
+    def due(self, step: int, total: int) -> bool:
+        now = time.monotonic()
+        stride = max(1, total // 20)
+        if step >= total or step - self._last_step >= stride or now - self._last_at >= self.every_s:
+            self._last_step, self._last_at = step, now
+            return True
+        return False
+
+
 def watch_job(client: TrainerClient, job_id: str) -> trainer_pb2.Job:
     """Show a job's events live (progress bar with loss, tokens/s and ETA) until it ends;
     return the job in its final state."""
@@ -136,6 +154,7 @@ def watch_job(client: TrainerClient, job_id: str) -> trainer_pb2.Job:
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
+    piped = PipedProgress()
     with Progress(*columns, console=err, transient=False) as bar:
         task = bar.add_task(job_id, total=None, loss="-", speed="-")
         for event in client.stream_events(job_id):
@@ -149,6 +168,13 @@ def watch_job(client: TrainerClient, job_id: str) -> trainer_pb2.Job:
                     loss=f"{p.loss:.4f}",
                     speed=f"{p.tokens_per_second:.0f}",
                 )
+                if not err.is_terminal and piped.due(p.step, p.total_steps):
+                    # A bar is drawn only on a terminal: a log gets a line now and then.
+                    bar.console.print(
+                        f"step {p.step}/{p.total_steps} loss {p.loss:.4f} "
+                        f"{p.tokens_per_second:.0f} tok/s",
+                        highlight=False,
+                    )
             elif kind == "state_changed":
                 bar.console.print(
                     f"{state_name(event.state_changed.state)}: {event.state_changed.message}",
