@@ -2,37 +2,42 @@
 
 Import SmolLM2-135M-Instruct, start registry, trainer and gateway, upload the generated
 text-to-SQL dataset, train the LoRA adapter `sql-lora` while showing progress, then evaluate the
-base model and `sql-lora` through the gateway with the `openai` client on the held-out split.
-The services keep running afterwards; `tuneplex stop` ends them.
+base model and `sql-lora` with eval jobs (every held-out question through the gateway, graded by
+the `sql_execution` grader, stored in the registry), and promote `sql-lora@prod` through the
+eval gate. The services keep running afterwards; `tuneplex stop` ends them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from demo.shop_sql.evaluate import EvalReport, execution_accuracy
 from demo.shop_sql.generate import SYSTEM, write_dataset
 from services.client import local_stack
 from services.client.local_stack import StackPorts
 from services.client.registry import RegistryClient
-from services.client.trainer import TrainerClient
+from services.client.trainer import TrainerClient, eval_spec
 from services.client.trainer import training_spec as client_training_spec
 from services.common.errors import FailedPrecondition
-from services.common.stubs import trainer_pb2
+from services.common.eval_summary import RESULTS_FILE
+from services.common.stubs import registry_pb2, trainer_pb2
 from services.trainer.device import cpu_has_fast_bf16
 
 BASE_MODEL = "smollm2-135m-instruct"
 ADAPTER = "sql-lora"
 DATASET = "shop-sql"
+EVAL_SET = "shop-sql-heldout"
+DATABASE = "shop-db"
+PROD = "prod"
+GRADER_FILE = Path(__file__).resolve().parent / "shop_sql" / "grader.json"
 
 
 @dataclass(frozen=True)
@@ -62,10 +67,26 @@ class DemoConfig:
 
 
 @dataclass
+class ScoredModel:
+    """One evaluation record: what was scored, where the record is, its aggregate and items."""
+
+    model: str  # name@version
+    record: str  # the EVALUATION version, name@version
+    info: registry_pb2.EvaluationInfo
+    items: list[dict]  # results.jsonl rows, in eval-set order
+
+    @property
+    def accuracy(self) -> float:
+        return self.info.score
+
+
+@dataclass
 class DemoResult:
-    base: EvalReport
-    adapter: EvalReport
+    base: ScoredModel
+    adapter: ScoredModel
     adapter_ref: str
+    eval_set: str
+    promotion: str
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -127,28 +148,72 @@ def train_adapter(cfg: DemoConfig, data_dir: Path, say: Callable[[str], None]) -
     return job.output
 
 
-def evaluate(cfg: DemoConfig, model: str, data_dir: Path) -> EvalReport:
-    from openai import OpenAI
+def grader() -> dict:
+    """The `sql_execution` grader of the demo: run predicted and gold SQL on `shop-db`."""
+    return json.loads(GRADER_FILE.read_text())
 
-    _, _, gateway = _targets(cfg)
-    client = OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=5)
-    rows = [json.loads(line) for line in (data_dir / "heldout_gold.jsonl").open()]
 
-    def ask(row: dict) -> str:
-        reply = client.chat.completions.create(
-            model=model,
-            messages=[
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": row["question"]},
-            ],
-            temperature=0,
-            max_tokens=cfg.max_tokens,
-        )
-        return reply.choices[0].message.content or ""
+def upload_eval_data(cfg: DemoConfig, data_dir: Path, say: Callable[[str], None]) -> str:
+    """Push the shop database and the held-out questions as an eval set; returns the eval set
+    as `name@version` (an unchanged file is the same version again: the registry dedups)."""
+    registry, _, _ = _targets(cfg)
+    with RegistryClient(registry) as client:
+        db = client.push("dataset", DATABASE, data_dir / "shop.db")
+        version = client.push("dataset", EVAL_SET, data_dir / "heldout_eval.jsonl")
+    ref = f"{EVAL_SET}@{version.version}"
+    say(f"uploaded {DATABASE}@{db.version} and the eval set {ref} "
+        f"({version.dataset.num_examples} questions)")
+    return ref
 
-    with ThreadPoolExecutor(cfg.eval_concurrency) as pool:
-        predictions = list(pool.map(ask, rows))
-    return execution_accuracy(data_dir / "shop.db", predictions, rows)
+
+def evaluate(cfg: DemoConfig, model: str, eval_set: str, say: Callable[[str], None]
+             ) -> ScoredModel:
+    """One eval job: every held-out question through the gateway (vLLM batches them), graded
+    by `sql_execution`, stored in the registry. An identical earlier evaluation is reused."""
+    from services.client.cli.jobs import watch_job
+
+    registry, trainer, _ = _targets(cfg)
+    with RegistryClient(registry) as client:
+        pinned = client.resolve("adapter" if model.startswith(ADAPTER) else "model", model)
+    target = f"{pinned.name}@{pinned.version}"
+    spec = eval_spec(target, eval_set, [grader()], max_tokens=cfg.max_tokens,
+                     concurrency=cfg.eval_concurrency)
+    key = hashlib.sha256(pinned.manifest.sha256.encode()
+                         + spec.SerializeToString(deterministic=True)).hexdigest()[:32]
+    with TrainerClient(trainer) as client:
+        job = client.create_evaluation(spec, idempotency_key=f"demo-eval-{key}")
+        say(f"evaluating {target} on {eval_set}: job {job.id}")
+        job = watch_job(client, job.id)
+    if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
+        reason = f"{job.error.code}: {job.error.message}" if job.error.code else "cancelled"
+        raise FailedPrecondition(f"eval job {job.id} did not succeed ({reason})")
+    with RegistryClient(registry) as client, tempfile.TemporaryDirectory() as tmp:
+        record = client.pull("evaluation", job.output, Path(tmp))
+        items = [json.loads(line) for line in (Path(tmp) / RESULTS_FILE).open()]
+    return ScoredModel(target, job.output, record.evaluation, items)
+
+
+def promote(cfg: DemoConfig, adapter_ref: str, eval_set: str, say: Callable[[str], None]
+            ) -> str:
+    """Move `sql-lora@prod` to the new version through the gate; returns what happened."""
+    from services.client.gateway import GatewayAdmin
+    from services.client.promotion import promote as gated_promote
+
+    registry, trainer, gateway = _targets(cfg)
+    name, _, version = adapter_ref.partition("@")
+    with RegistryClient(registry) as reg, TrainerClient(trainer) as tr:
+        admin = GatewayAdmin(gateway)
+        try:
+            moved = gated_promote(reg, tr, admin, kind="adapter", ref=adapter_ref, alias=PROD,
+                                  eval_set=eval_set, graders=[grader()], margin=0.0, say=say)
+        except FailedPrecondition as exc:  # a better version already holds prod: keep it
+            return f"{name}@{PROD} stays: {exc.message}"
+        finally:
+            admin.close()
+    holder = moved.previous_version
+    return (f"{name}@{PROD} -> {version}"
+            + (f" (was {holder}, " f"{moved.holder_evaluation.evaluation.score:.2f})" if holder
+               else " (new alias)"))
 
 
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
@@ -169,6 +234,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
         max_lora_rank=max(16, cfg.lora_rank),
         say=say,
     )
+    eval_set = upload_eval_data(cfg, data_dir, say)
     seconds["start"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -180,22 +246,25 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     _, _, gateway = _targets(cfg)
     gateway_proc = local_stack.start_service(cfg.home, "gateway", {})
     local_stack.wait_http_healthy(gateway_proc, f"{gateway}/health")
-    say("evaluating the base model and sql-lora through the gateway (openai client)")
-    base = evaluate(cfg, BASE_MODEL, data_dir)
-    adapter = evaluate(cfg, ADAPTER, data_dir)
+    say("evaluating the base model and sql-lora: eval jobs through the gateway")
+    base = evaluate(cfg, BASE_MODEL, eval_set, say)
+    adapter = evaluate(cfg, adapter_ref, eval_set, say)
     seconds["evaluate"] = time.perf_counter() - t
+    promotion = promote(cfg, adapter_ref, eval_set, say)
     seconds["total"] = time.perf_counter() - t0
-    return DemoResult(base, adapter, adapter_ref, seconds)
+    return DemoResult(base, adapter, adapter_ref, eval_set, promotion, seconds)
 
 
 def print_report(cfg: DemoConfig, result: DemoResult, console: Console) -> None:
     _, _, gateway = _targets(cfg)
-    n = len(result.adapter.results)
-    table = Table(title=f"Execution accuracy on {n} held-out questions")
-    table.add_column("model")
-    table.add_column("accuracy", justify="right")
-    table.add_row(BASE_MODEL, f"{result.base.accuracy:.2f}")
-    table.add_row(f"{ADAPTER} ({result.adapter_ref})", f"{result.adapter.accuracy:.2f}")
+    n = result.adapter.info.num_items
+    table = Table(title=f"Execution accuracy on {n} held-out questions ({result.eval_set})")
+    for column in ("model", "accuracy", "95% CI", "errors", "record"):
+        table.add_column(column, justify="right" if column in ("accuracy", "errors") else "left")
+    for scored in (result.base, result.adapter):
+        info = scored.info
+        table.add_row(scored.model, f"{info.score:.2f}", f"[{info.ci_low:.2f}, {info.ci_high:.2f}]",
+                      str(info.num_errors), scored.record)
     console.print(table)
     console.print(
         f"execution accuracy: {BASE_MODEL} {result.base.accuracy:.2f}, "
@@ -203,18 +272,18 @@ def print_report(cfg: DemoConfig, result: DemoResult, console: Console) -> None:
         highlight=False,
         soft_wrap=True,
     )
-    for base_row, row in list(zip(result.base.results, result.adapter.results, strict=True))[
+    console.print(result.promotion, highlight=False, soft_wrap=True)
+    gold = [json.loads(line) for line in
+            (cfg.home / "demo" / "shop-sql" / "heldout_gold.jsonl").open()]
+    for base_row, row in list(zip(result.base.items, result.adapter.items, strict=True))[
         : cfg.examples_shown
     ]:
-        console.print(f"[bold]Q:[/] {row.question}", highlight=False)
-        console.print(
-            f"  base     {'✓' if base_row.correct else '✗'} {base_row.sql or base_row.prediction}",
-            highlight=False,
-        )
-        console.print(
-            f"  sql-lora {'✓' if row.correct else '✗'} {row.sql or row.prediction}", highlight=False
-        )
-        console.print(f"  gold       {row.gold_sql}", highlight=False)
+        console.print(f"[bold]Q:[/] {gold[row['index']]['question']}", highlight=False)
+        for label, r in (("base    ", base_row), ("sql-lora", row)):
+            mark = "✓" if r["score"] >= 1.0 else "✗"
+            answer = " ".join((r["output_text"] or "").split())
+            console.print(f"  {label} {mark} {answer}", highlight=False)
+        console.print(f"  gold       {gold[row['index']]['sql']}", highlight=False)
     timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in result.seconds.items())
     console.print(f"took {timing}")
     question = "How many customers live in Berlin?"
@@ -243,7 +312,9 @@ def print_report(cfg: DemoConfig, result: DemoResult, console: Console) -> None:
         "\nThe services keep running. Try:\n\n"
         f"  curl {gateway}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n\n"
         f"or in Python:\n\n{python}\n\n"
-        "and `tuneplex adapters list`, `tuneplex jobs list`; `make stop` stops the services.",
+        f"and `tuneplex evals list {EVAL_SET}`, "
+        f"`tuneplex experiments compare {result.adapter_ref}`, `tuneplex adapters list`, "
+        "`tuneplex jobs list`; `make stop` stops the services.",
         highlight=False,
         soft_wrap=True,
     )

@@ -18,6 +18,22 @@ TITLES = {
     "": "Job",
     "lora": "LoRA (`training.lora`)",
     "hyperparameters": "Optimisation (`training.hyperparameters`)",
+    "evaluation": "Evaluation (`training.evaluation`)",
+}
+# What a section's table cannot say: how its settings work together.
+NOTES = {
+    "evaluation": [
+        "Optional: without an `eval_set` the job is not evaluated. With one, the published",
+        "version is scored on it by the graders (`summary.json` of an `evaluation` version in",
+        "the registry; the job's metrics get `eval_score`, `eval_ci_low`, `eval_ci_high`).",
+        "`each_checkpoint` first scores every complete checkpoint in the worker and publishes",
+        "the best one (the training report says which step and why). `promote_alias` then asks",
+        "the registry's gate to move the alias; a refusal leaves the version published and is",
+        "logged with both scores (metric `promoted` 0 or 1). Flags: `--eval-data`,",
+        "`--eval-grader FILE` (repeatable), `--eval-each-checkpoint`, `--promote-alias`,",
+        "`--promote-margin`, `--eval-max-tokens`, ...",
+        "",
+    ]
 }
 
 
@@ -28,7 +44,7 @@ def _cell(text: str) -> str:
 def render() -> str:
     sys.path.insert(0, str(REPO))
     from services.common import training_spec_text as text
-    from services.common.training_spec import FIELDS, param_of, section_of
+    from services.common.training_spec import SETTINGS, param_of, section_of
 
     lines = [
         "# Training spec reference",
@@ -43,13 +59,13 @@ def render() -> str:
         "",
     ]
     for section, title in TITLES.items():
-        lines += [f"## {title}", ""]
+        lines += [f"## {title}", "", *NOTES.get(section, [])]
         lines += [
             "| setting | proto field | default | allowed | meaning |",
             "|---|---|---|---|---|",
         ]
-        for name, field in FIELDS.items():
-            if section_of(name) != section:
+        for name, field in SETTINGS.items():
+            if section_of(name).partition(".")[0] != section:
                 continue
             lines.append(
                 f"| `{name}` | `{param_of(name)}` | {_cell(text.default_text(name))} | "

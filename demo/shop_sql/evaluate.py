@@ -9,80 +9,33 @@ WITH query. Anything that fails to run counts as wrong.
 
 from __future__ import annotations
 
-import re
 import sqlite3
-import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TIMEOUT_S = 2.0
-MAX_ROWS = 100_000  # a runaway cross join must not exhaust memory before the timeout fires
-# Authorizer actions a read-only query needs; everything else (writes, ATTACH, PRAGMA) is denied.
-_ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
-            getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
-_FENCE = re.compile(r"```[ \t]*(?:sqlite|sql)?[ \t]*\n?(.*?)(?:```|\Z)", re.S | re.I)
-_LABEL = re.compile(r"^(?:sqlite|sql|query|answer)\s*:\s*", re.I)
+# The SQL handling is the sql_execution grader's: one implementation of "what the model's SQL
+# is, how it runs safely, when two results are equal" for the demo and for eval jobs.
+from services.evaluation.graders.sql_execution import (
+    MAX_ROWS,
+    TIMEOUT_S,
+    connect_readonly,
+    extract_sql,
+    run_query,
+    same_result,
+)
 
-
-def extract_sql(text: str) -> str:
-    """The first SQL statement in a model reply: fences, "SQL:" labels, prose before the query
-    and everything from the first ';' outside quotes removed."""
-    text = text.strip()
-    fenced = _FENCE.search(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    text = _LABEL.sub("", text).strip().strip("`").strip()
-    if not _is_query(text):  # "Here is the query: SELECT ..." -> start at the query itself
-        start = re.search(r"\b(SELECT|WITH)\b", text, re.I)
-        text = text[start.start():] if start else text
-    quote = None
-    for i, ch in enumerate(text):  # cut at the first ';' outside a quoted literal/identifier
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"`":
-            quote = ch
-        elif ch == ";":
-            return text[:i].strip()
-    return text.strip()
-
-
-def _is_query(sql: str) -> bool:
-    body = re.sub(r"^(\s|--[^\n]*\n|/\*.*?\*/)*", "", sql, flags=re.S)
-    return re.match(r"(SELECT|WITH)\b", body, re.I) is not None
-
-
-def connect_readonly(db_path: str | Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
-    conn.set_authorizer(lambda action, *_: sqlite3.SQLITE_OK if action in _ALLOWED
-                        else sqlite3.SQLITE_DENY)
-    return conn
-
-
-def run_query(conn: sqlite3.Connection, sql: str, timeout_s: float = TIMEOUT_S) -> list[tuple]:
-    """Rows of one read-only query; raises ValueError/sqlite3.Error when it is refused or fails."""
-    if not _is_query(sql):
-        raise ValueError("only a single SELECT or WITH query is allowed")
-    deadline = time.monotonic() + timeout_s
-    # Called every N SQLite VM steps; a non-zero return aborts the query ("interrupted").
-    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
-    try:
-        rows = conn.execute(sql).fetchmany(MAX_ROWS + 1)
-    finally:
-        conn.set_progress_handler(None, 0)
-    if len(rows) > MAX_ROWS:
-        raise ValueError(f"more than {MAX_ROWS} rows")
-    return rows
-
-
-def _norm(rows: list[tuple]) -> list[tuple]:
-    # AVG and other float results may differ in the last bits between equivalent queries.
-    return [tuple(round(v, 6) if isinstance(v, float) else v for v in row) for row in rows]
-
-
-def same_result(pred: list[tuple], gold: list[tuple], ordered: bool) -> bool:
-    pred, gold = _norm(pred), _norm(gold)
-    return pred == gold if ordered else Counter(pred) == Counter(gold)
+__all__ = [
+    "MAX_ROWS",
+    "TIMEOUT_S",
+    "EvalReport",
+    "ExampleResult",
+    "connect_readonly",
+    "execution_accuracy",
+    "extract_sql",
+    "run_query",
+    "same_result",
+]
 
 
 @dataclass

@@ -3,7 +3,9 @@
     python -m demo.shop_sql.generate --out DIR [--train 2000] [--heldout 100] [--seed 0]
 
 writes DIR/shop.db, DIR/train.jsonl and DIR/heldout.jsonl (chat records: system, user, assistant)
-and DIR/heldout_gold.jsonl (question, sql, ordered, family, template) for the evaluator.
+and DIR/heldout_gold.jsonl (question, sql, ordered, family, template) for the evaluator, and
+DIR/heldout_eval.jsonl: the same held-out questions as an eval set (`input` messages + those
+fields) for `tuneplex evals run` with the `sql_execution` grader in demo/shop_sql/grader.json.
 
 Every example is checked against the database before it is kept: the gold SQL must run and return
 a non-empty, non-NULL answer, so a model cannot score by returning nothing. Families are drawn in
@@ -47,6 +49,13 @@ class Example:
 
     def gold(self) -> dict:
         return asdict(self)
+
+    def eval_item(self) -> dict:
+        """The eval-set record (registry format EVAL): the request the model answers, and the
+        references the `sql_execution` grader reads as `{{item.sql}}` / `{{item.ordered}}`."""
+        return {"input": [{"role": "system", "content": SYSTEM},
+                          {"role": "user", "content": self.question}],
+                **self.gold()}
 
 
 def _answer_ok(conn: sqlite3.Connection, sql: str) -> bool:
@@ -118,10 +127,11 @@ def write_dataset(out: str | Path, n_train: int = 2000, n_heldout: int = 100,
     db = build_database(out / "shop.db", seed)
     train, heldout = generate_splits(db, n_train, n_heldout, seed)
     paths = {"db": db, "train": out / "train.jsonl", "heldout": out / "heldout.jsonl",
-             "heldout_gold": out / "heldout_gold.jsonl"}
+             "heldout_gold": out / "heldout_gold.jsonl", "heldout_eval": out / "heldout_eval.jsonl"}
     _write_jsonl(paths["train"], (e.chat() for e in train))
     _write_jsonl(paths["heldout"], (e.chat() for e in heldout))
     _write_jsonl(paths["heldout_gold"], (e.gold() for e in heldout))
+    _write_jsonl(paths["heldout_eval"], (e.eval_item() for e in heldout))
     return paths
 
 

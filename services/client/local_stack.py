@@ -190,7 +190,12 @@ def start_all(
     proc = start_service(
         home,
         "trainer",
-        {"TUNEPLEX_TRAINER_PORT": str(ports.trainer), "TUNEPLEX_TRAINER_REGISTRY_TARGET": registry},
+        {
+            "TUNEPLEX_TRAINER_PORT": str(ports.trainer),
+            "TUNEPLEX_TRAINER_REGISTRY_TARGET": registry,
+            # Eval jobs send their items through the gateway started below.
+            "TUNEPLEX_TRAINER_GATEWAY_URL": f"http://127.0.0.1:{ports.gateway}",
+        },
     )
     wait_grpc_healthy(proc, trainer)
     say(f"trainer on {trainer}")

@@ -30,6 +30,47 @@ def _ref_request(cls, kind: str, ref: str):
     return cls(kind=kind_value(kind), ref=ref)
 
 
+def _promote_request(
+    kind: str,
+    name: str,
+    alias: str,
+    version: int,
+    eval_set: str,
+    graders_sha256: str,
+    margin: float,
+) -> registry_pb2.PromoteAliasRequest:
+    return registry_pb2.PromoteAliasRequest(
+        kind=kind_value(kind),
+        name=name,
+        alias=alias,
+        version=version,
+        eval_set=eval_set,
+        graders_sha256=graders_sha256,
+        margin=margin,
+    )
+
+
+def _is_evaluation_of(
+    version: registry_pb2.ArtifactVersion, model_kind: int, model: str, eval_set: str | None
+) -> bool:
+    info = version.evaluation
+    return (
+        info.model_kind == model_kind
+        and info.model == model
+        and (eval_set is None or info.eval_set == eval_set)
+    )
+
+
+def _newest_first(
+    versions: list[registry_pb2.ArtifactVersion],
+) -> list[registry_pb2.ArtifactVersion]:
+    return sorted(
+        versions,
+        key=lambda v: (v.create_time.seconds, v.create_time.nanos, v.name, v.version),
+        reverse=True,
+    )
+
+
 class RegistryClient(BlockingClient):
     """Blocking client. ``target`` is ``host:port``; use as a context manager or ``close()``."""
 
@@ -129,6 +170,35 @@ class RegistryClient(BlockingClient):
     def lineage(self, kind: str, ref: str) -> builtins.list[registry_pb2.ArtifactVersion]:
         request = _ref_request(registry_pb2.GetLineageRequest, kind, ref)
         return list(self._unary("GetLineage", request).chain)
+
+    def promote(
+        self,
+        kind: str,
+        name: str,
+        alias: str,
+        version: int,
+        eval_set: str,
+        graders_sha256: str = "",
+        margin: float = 0.0,
+    ) -> registry_pb2.PromoteAliasResponse:
+        """Move ``alias`` to ``version`` through the evaluation gate: its newest evaluation on
+        ``eval_set`` must score at least the holder's (same graders) plus ``margin``."""
+        request = _promote_request(kind, name, alias, version, eval_set, graders_sha256, margin)
+        return self._unary("PromoteAlias", request)
+
+    def evaluations(
+        self, model_kind: str, model: str, eval_set: str | None = None
+    ) -> builtins.list[registry_pb2.ArtifactVersion]:
+        """Evaluations of ``model`` (a pinned ``name@version`` of kind ``model_kind``), on
+        ``eval_set`` (pinned) if given, newest first."""
+        wanted = kind_value(model_kind)
+        found = [
+            v
+            for artifact in self.list("evaluation")
+            for v in self.versions("evaluation", artifact.name)
+            if _is_evaluation_of(v, wanted, model, eval_set)
+        ]
+        return _newest_first(found)
 
 
 class AsyncRegistryClient(AsyncClient):
@@ -231,3 +301,27 @@ class AsyncRegistryClient(AsyncClient):
     async def lineage(self, kind: str, ref: str) -> builtins.list[registry_pb2.ArtifactVersion]:
         request = _ref_request(registry_pb2.GetLineageRequest, kind, ref)
         return list((await self._unary("GetLineage", request)).chain)
+
+    async def promote(
+        self,
+        kind: str,
+        name: str,
+        alias: str,
+        version: int,
+        eval_set: str,
+        graders_sha256: str = "",
+        margin: float = 0.0,
+    ) -> registry_pb2.PromoteAliasResponse:
+        request = _promote_request(kind, name, alias, version, eval_set, graders_sha256, margin)
+        return await self._unary("PromoteAlias", request)
+
+    async def evaluations(
+        self, model_kind: str, model: str, eval_set: str | None = None
+    ) -> builtins.list[registry_pb2.ArtifactVersion]:
+        wanted = kind_value(model_kind)
+        found = []
+        for artifact in await self.list("evaluation"):
+            for v in await self.versions("evaluation", artifact.name):
+                if _is_evaluation_of(v, wanted, model, eval_set):
+                    found.append(v)
+        return _newest_first(found)

@@ -4,8 +4,12 @@ raise the domain errors of ``services.common.errors``."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
 
 from services.client.grpc_channel import BlockingClient, domain_errors
+from services.common.errors import InvalidArgument
 from services.common.stubs import trainer_pb2, trainer_pb2_grpc
 from services.common.training_spec_proto import spec_from_values
 
@@ -30,6 +34,61 @@ def training_spec(**settings) -> trainer_pb2.TrainingSpec:
     return spec_from_values(settings)
 
 
+SAMPLING_SETTINGS = ("temperature", "max_tokens", "top_p", "seed")
+EVAL_BACKENDS = {
+    "auto": trainer_pb2.EVAL_BACKEND_UNSPECIFIED,
+    "gateway": trainer_pb2.EVAL_BACKEND_GATEWAY,
+    "local": trainer_pb2.EVAL_BACKEND_LOCAL,
+}
+
+
+def grader_structs(graders: list[dict[str, Any]]) -> list[struct_pb2.Struct]:
+    """OpenAI-shaped grader objects as the ``google.protobuf.Struct`` the specs carry."""
+    return [json_format.ParseDict(g, struct_pb2.Struct()) for g in graders]
+
+
+def eval_spec(
+    model: str, eval_set: str, graders: list[dict[str, Any]], **settings: Any
+) -> trainer_pb2.EvalSpec:
+    """An ``EvalSpec``: score ``model`` (an adapter or model ref) on ``eval_set`` with
+    ``graders``. ``settings``: the sampling (``temperature``, ``max_tokens``, ``top_p``,
+    ``seed``), ``concurrency``, ``backend`` (auto, gateway, local) and ``output_name``; what is
+    left out takes the trainer's default (greedy, 256 tokens, 16 at once, auto)."""
+    unknown = set(settings) - {*SAMPLING_SETTINGS, "concurrency", "backend", "output_name"}
+    if unknown:
+        raise InvalidArgument(f"unknown eval setting(s): {', '.join(sorted(unknown))}")
+    backend = settings.get("backend") or "auto"
+    if backend not in EVAL_BACKENDS:
+        raise InvalidArgument(
+            f"backend must be one of {', '.join(EVAL_BACKENDS)}, got {backend!r}", param="backend"
+        )
+    sampling = {k: settings[k] for k in SAMPLING_SETTINGS if settings.get(k) is not None}
+    return trainer_pb2.EvalSpec(
+        model=model,
+        eval_set=eval_set,
+        graders=grader_structs(graders),
+        sampling=trainer_pb2.SamplingParams(**sampling),
+        concurrency=settings.get("concurrency") or 0,
+        backend=EVAL_BACKENDS[backend],
+        output_name=settings.get("output_name") or "",
+    )
+
+
+def job_spec(
+    spec: trainer_pb2.TrainingSpec
+    | trainer_pb2.EvalSpec
+    | trainer_pb2.ExportSpec
+    | trainer_pb2.JobSpec,
+) -> trainer_pb2.JobSpec:
+    if isinstance(spec, trainer_pb2.JobSpec):
+        return spec
+    if isinstance(spec, trainer_pb2.EvalSpec):
+        return trainer_pb2.JobSpec(evaluation=spec)
+    if isinstance(spec, trainer_pb2.ExportSpec):
+        return trainer_pb2.JobSpec(export=spec)
+    return trainer_pb2.JobSpec(training=spec)
+
+
 class TrainerClient(BlockingClient):
     """Blocking client. ``target`` is ``host:port``; use as a context manager or ``close()``."""
 
@@ -37,10 +96,19 @@ class TrainerClient(BlockingClient):
         super().__init__(trainer_pb2_grpc.TrainerServiceStub, target, api_key, timeout)
 
     def create_job(
-        self, training: trainer_pb2.TrainingSpec, *, idempotency_key: str = ""
+        self,
+        training: trainer_pb2.TrainingSpec
+        | trainer_pb2.EvalSpec
+        | trainer_pb2.ExportSpec
+        | trainer_pb2.JobSpec,
+        *,
+        idempotency_key: str = "",
     ) -> trainer_pb2.Job:
+        """Queue a job: a ``TrainingSpec`` (fine-tuning), an ``EvalSpec`` (``eval_spec``), an
+        ``ExportSpec`` or a whole ``JobSpec`` (e.g. one whose ``evaluation`` is an
+        ``EvalSpec``)."""
         request = trainer_pb2.CreateJobRequest(
-            spec=trainer_pb2.JobSpec(training=training), idempotency_key=idempotency_key
+            spec=job_spec(training), idempotency_key=idempotency_key
         )
         return self._unary("CreateJob", request).job
 
@@ -101,7 +169,7 @@ class TrainerClient(BlockingClient):
         return list(self._unary("ListCheckpoints", request).checkpoints)
 
     def estimate_memory(
-        self, training: trainer_pb2.TrainingSpec
+        self, training: trainer_pb2.TrainingSpec | trainer_pb2.EvalSpec | trainer_pb2.JobSpec
     ) -> trainer_pb2.EstimateJobMemoryResponse:
-        request = trainer_pb2.EstimateJobMemoryRequest(spec=trainer_pb2.JobSpec(training=training))
+        request = trainer_pb2.EstimateJobMemoryRequest(spec=job_spec(training))
         return self._unary("EstimateJobMemory", request)

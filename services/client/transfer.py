@@ -24,6 +24,7 @@ KINDS = {
     "dataset": registry_pb2.ARTIFACT_KIND_DATASET,
     "adapter": registry_pb2.ARTIFACT_KIND_ADAPTER,
     "model": registry_pb2.ARTIFACT_KIND_MODEL,
+    "evaluation": registry_pb2.ARTIFACT_KIND_EVALUATION,
 }
 CHUNK_BYTES = 2 * 1024 * 1024
 HASH_BLOCK = 4 * 1024 * 1024

@@ -90,6 +90,10 @@ class FailedPrecondition(TuneplexError):
     (an adapter for another base model, qlora without CUDA, a job that cannot fit)."""
 
 
+class Aborted(TuneplexError):
+    """A compare-and-set lost a race (an alias moved meanwhile); retrying may succeed."""
+
+
 class ResourceExhausted(TuneplexError):
     """Too big or too many: an oversized upload, an overloaded engine."""
 
@@ -129,6 +133,7 @@ ERROR_TABLE: dict[type[TuneplexError], ErrorMapping] = {
     FailedPrecondition: ErrorMapping(
         grpc.StatusCode.FAILED_PRECONDITION, 400, "invalid_request_error"
     ),
+    Aborted: ErrorMapping(grpc.StatusCode.ABORTED, 409, "conflict_error"),
     ResourceExhausted: ErrorMapping(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
     Unauthenticated: ErrorMapping(grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
     PermissionDenied: ErrorMapping(grpc.StatusCode.PERMISSION_DENIED, 403, "permission_error"),
@@ -179,10 +184,8 @@ def from_grpc_error(err: grpc.RpcError) -> TuneplexError:
     extra = {k: v for k, v in (trailing or ()) if k in (CODE_KEY, PARAM_KEY)}
     cls = _BY_GRPC_CODE.get(code)
     if cls is None:
-        # UNKNOWN, ABORTED, ... : a transport problem rather than a verdict on the request.
-        cls = (
-            Unavailable if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED) else Internal
-        )
+        # UNKNOWN, ... : a transport problem rather than a verdict on the request.
+        cls = Unavailable if code == grpc.StatusCode.UNKNOWN else Internal
     return cls(details or code.name, code=extra.get(CODE_KEY), param=extra.get(PARAM_KEY))
 
 

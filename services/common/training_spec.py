@@ -2,7 +2,10 @@
 
 Every setting of a training job is one field of ``TrainingConfig``: its default, its bounds, its
 help text and the section of ``tuneplex.trainer.v1.TrainingSpec`` it travels in (``training.*``,
-``training.lora.*``, ``training.hyperparameters.*``). The rest is derived from that declaration:
+``training.lora.*``, ``training.hyperparameters.*``). The end-of-run evaluation is one nested
+field, ``evaluation``, whose own settings (``TrainingEvalConfig``) are declared the same way and
+travel in ``training.evaluation.*``; ``SETTINGS`` lists every leaf setting, nested ones by their
+dotted name (``evaluation.eval_set``). The rest is derived from that declaration:
 reading and writing the proto (``training_spec_proto.py``: by field name; ``PROTO_NAMES`` and
 ``ENUMS`` hold the only exceptions), the validation messages (``training_spec_text.py``, from
 the bounds), the ``tuneplex jobs create`` flags and docs/training-spec.md
@@ -32,7 +35,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from services.common.errors import InvalidArgument
-from services.common.refs import check_name, parse_ref
+from services.common.refs import LATEST, check_name, is_version_number, parse_ref
 from services.common.stubs import trainer_pb2
 
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -70,9 +73,19 @@ ENUMS: dict[str, Mapping[Any, str]] = {
     "lr_scheduler": SCHEDULERS,
 }
 PROTO_NAMES = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}
-SECTIONS = {"training": "", "lora": "lora", "hyperparameters": "hyperparameters"}
+# Declared section -> the path of its message inside TrainingSpec.
+SECTIONS = {
+    "training": "",
+    "lora": "lora",
+    "hyperparameters": "hyperparameters",
+    "evaluation": "evaluation",
+    "sampling": "evaluation.sampling",
+}
 REF = "`name`, `name@version` or `name@alias`"
 INT32_MAX = 2**31 - 1
+# The sampling bounds of eval jobs (services/trainer/eval_spec.py), OpenAI's ranges.
+MAX_TEMPERATURE = 2.0
+MAX_EVAL_TOKENS = 32768
 
 
 def setting(
@@ -93,6 +106,120 @@ def setting(
     if allowed:
         extra["allowed"] = allowed
     return Field(default, description=help, json_schema_extra=extra, **bounds)
+
+
+def _ref_rule(value: str) -> str:
+    """The registry's own grammar (ASCII digits, bounded versions), so a ref the trainer
+    accepts is one the registry can resolve. Only the message is kept: the error's location
+    (pydantic's loc) names the field."""
+    try:
+        parse_ref(value)
+    except InvalidArgument as exc:
+        raise ValueError(exc.message) from None
+    return value
+
+
+class TrainingEvalConfig(BaseModel):
+    """The evaluation at the end of a training job (``TrainingSpec.evaluation``): the published
+    version is scored on an eval set by graders, optionally every checkpoint first (the best
+    one is published) and the result promoted to an alias through the registry's gate."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    eval_set: str = setting(
+        "",
+        section="evaluation",
+        help="Eval set in the registry (a dataset of format eval), e.g. `shop-sql-heldout`.",
+        allowed=REF,
+    )
+    # Checked in full by the trainer (services.evaluation.graders.validate_graders), which
+    # owns the grader types; here only their shape: JSON objects, at least one.
+    graders: tuple[dict[str, Any], ...] = setting(
+        (),
+        section="evaluation",
+        help="Grader objects (OpenAI-shaped JSON: string_check, regex, sql_execution, ...); "
+        "the item score is their mean.",
+        allowed="one or more grader objects",
+    )
+    max_tokens: int = setting(
+        256, section="sampling", help="Tokens per answer.", ge=1, le=MAX_EVAL_TOKENS
+    )
+    temperature: float = setting(
+        0.0, section="sampling", help="Sampling temperature; 0 is greedy.", ge=0, le=MAX_TEMPERATURE
+    )
+    top_p: float = setting(1.0, section="sampling", help="Nucleus sampling mass.", gt=0, le=1)
+    seed: int = setting(42, section="sampling", help="Sampling seed.", ge=0, lt=2**32)
+    each_checkpoint: bool = setting(
+        False,
+        section="evaluation",
+        help="Also score every complete checkpoint (in the worker) and publish the best one "
+        "(ties: the later step).",
+    )
+    promote_alias: str = setting(
+        "",
+        section="evaluation",
+        help="After the evaluation, move this alias to the published version if the registry's "
+        "gate lets it (a refusal keeps the version published, the alias where it was).",
+        allowed="an alias name (not a number, not `latest`)",
+    )
+    promote_margin: float = setting(
+        0.0,
+        section="evaluation",
+        help="How much higher than the alias's current version the score must be to move it.",
+        ge=0,
+        le=1,
+    )
+    # Not a setting (no section: never on the wire): admission pins each SQLite database a
+    # grader names, as written -> `name@version`, so every attempt grades on the same bytes.
+    databases: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("eval_set")
+    @classmethod
+    def _eval_set_ref(cls, value: str) -> str:
+        return _ref_rule(value) if value else value
+
+    @field_validator("promote_alias")
+    @classmethod
+    def _alias_name(cls, value: str) -> str:
+        if not value:
+            return value
+        # The registry's alias rule (services/registry/names.py::check_alias), which common
+        # cannot import: a name, never a number (that would read as a version), not `latest`.
+        try:
+            check_name(value, "alias")
+        except InvalidArgument as exc:
+            raise ValueError(exc.message) from None
+        if is_version_number(value):
+            raise ValueError(
+                f"promote_alias {value!r} is a number, which reads as a version; use a name "
+                "such as prod"
+            )
+        if value == LATEST:
+            raise ValueError(
+                "promote_alias `latest` is reserved (it always means the newest version); use "
+                "a name such as prod"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingEvalConfig:
+        _require(
+            bool(self.eval_set),
+            "training.evaluation needs an eval_set (--eval-data): it is what the graders, "
+            "each_checkpoint and promote_alias score on",
+            "evaluation.eval_set",
+        )
+        _require(
+            bool(self.graders),
+            "training.evaluation needs at least one grader (--eval-grader FILE)",
+            "evaluation.graders",
+        )
+        _require(
+            self.promote_margin == 0 or bool(self.promote_alias),
+            "promote_margin applies to a promotion; set promote_alias or drop it",
+            "evaluation.promote_margin",
+        )
+        return self
 
 
 class TrainingConfig(BaseModel):
@@ -238,6 +365,11 @@ class TrainingConfig(BaseModel):
     weight_decay: float = setting(
         0.0, section="hyperparameters", help="AdamW weight decay.", ge=0, le=1
     )
+    evaluation: TrainingEvalConfig | None = setting(
+        None,
+        section="training",
+        help="Score the result on an eval set at the end of the job (see Evaluation).",
+    )
 
     @property
     def is_adapter(self) -> bool:
@@ -264,19 +396,24 @@ class TrainingConfig(BaseModel):
             values["zero_stage"] = 2 if values["num_gpus"] > 1 else 0
         return values
 
+    @field_validator("evaluation", mode="before")
+    @classmethod
+    def _no_evaluation(cls, value: Any) -> Any:
+        """On the wire an evaluation message with nothing set means none (as its empty
+        eval_set says)."""
+        if isinstance(value, dict) and not any(value.values()):
+            return None
+        return value
+
     @field_validator("base_model", "dataset", "validation_dataset", "output_name")
     @classmethod
     def _registry_name(cls, value: str, info: ValidationInfo) -> str:
         if info.field_name == "validation_dataset" and not value:
             return value
-        # The registry's own grammar (ASCII digits, bounded versions), so a ref the trainer
-        # accepts is one the registry can resolve.
-        # Only the message is kept: the error's location (pydantic's loc) names the field.
+        if info.field_name != "output_name":
+            return _ref_rule(value)
         try:
-            if info.field_name == "output_name":
-                check_name(value, "output_name")
-            else:
-                parse_ref(value)
+            check_name(value, "output_name")
         except InvalidArgument as exc:
             raise ValueError(exc.message) from None
         return value
@@ -332,16 +469,40 @@ class TrainingConfig(BaseModel):
             "on); drop it",
             "train_on_prompt",
         )
+        _require(
+            not (self.evaluation and self.evaluation.each_checkpoint and not self.is_adapter),
+            "evaluation.each_checkpoint scores adapter checkpoints; a full fine-tune is scored "
+            "once, at the end: drop each_checkpoint or use an adapter method",
+            "evaluation.each_checkpoint",
+        )
         return self
 
 
 FIELDS: dict[str, FieldInfo] = TrainingConfig.model_fields
+# Fields that hold a declared config of their own (one proto message each, optional).
+NESTED: dict[str, type[BaseModel]] = {"evaluation": TrainingEvalConfig}
+# Every leaf setting: TrainingConfig's own fields by name, a nested config's as `field.setting`
+# (those declared with `setting()`; a field without a section is filled in by the trainer).
+SETTINGS: dict[str, FieldInfo] = {
+    **{name: field for name, field in FIELDS.items() if name not in NESTED},
+    **{
+        f"{root}.{name}": field
+        for root, model in NESTED.items()
+        for name, field in model.model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and "section" in field.json_schema_extra
+    },
+}
+
+
+def field_of(name: str) -> FieldInfo:
+    """The declaration of a leaf setting (``SETTINGS``) or of a field of ``TrainingConfig``."""
+    return SETTINGS[name] if name in SETTINGS else FIELDS[name]
 
 
 def extra_of(name: str) -> dict[str, str]:
     """What ``setting()`` attached to a field: ``section``, and ``default_text`` and ``allowed``
     where given."""
-    extra = FIELDS[name].json_schema_extra
+    extra = field_of(name).json_schema_extra
     if not isinstance(extra, dict):
         return {}
     return {key: value for key, value in extra.items() if isinstance(value, str)}
@@ -352,7 +513,8 @@ def section_of(name: str) -> str:
 
 
 def proto_name(name: str) -> str:
-    return PROTO_NAMES.get(name, name)
+    leaf = name.rpartition(".")[2]
+    return PROTO_NAMES.get(leaf, leaf)
 
 
 def param_of(name: str) -> str:

@@ -1,12 +1,18 @@
 """The training spec on the wire: ``TrainingSpec`` <-> settings by field name (the declaration
 says which section each travels in; ``PROTO_NAMES`` and ``ENUMS`` hold the only renames), and
-the one entry to a validated ``TrainingConfig`` whose errors name the proto field at fault."""
+the one entry to a validated ``TrainingConfig`` whose errors name the proto field at fault.
+
+A nested config (``evaluation``) is a dict of its own settings in the values, an optional
+message on the wire: absent there, ``None`` here."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import reduce
 from typing import Any
 
+from google.protobuf import json_format
+from google.protobuf.message import Message
 from pydantic import ValidationError
 
 from services.common.errors import InvalidArgument
@@ -14,6 +20,8 @@ from services.common.stubs import trainer_pb2
 from services.common.training_spec import (
     ENUMS,
     FIELDS,
+    NESTED,
+    SETTINGS,
     TrainingConfig,
     param_of,
     proto_name,
@@ -38,14 +46,27 @@ def config_from_values(values: Mapping[str, Any]) -> TrainingConfig:
     return config
 
 
+def _message_at(spec: Message, section: str) -> Any:
+    """The message a section travels in: ``spec`` itself, ``spec.lora``, ``spec.evaluation.
+    sampling``, ..."""
+    return reduce(getattr, section.split("."), spec) if section else spec
+
+
 def values_from_proto(spec: trainer_pb2.TrainingSpec) -> dict[str, Any]:
-    """The settings ``spec`` sets, by config field name, enums as their names. A proto3 zero
-    value is "unset" and left out so the declared default applies; a field with explicit
-    presence (``optional``) counts when present, 0 included."""
+    """The settings ``spec`` sets, by config field name, enums as their names, a nested
+    config's as a dict under its field. A proto3 zero value is "unset" and left out so the
+    declared default applies; a field with explicit presence (``optional``) counts when
+    present, 0 included."""
     values: dict[str, Any] = {}
-    for name in FIELDS:
+    for root in NESTED:
+        if spec.HasField(root):
+            values[root] = {}
+    for name in SETTINGS:
+        root, dot, leaf = name.partition(".")
+        if dot and root not in values:
+            continue  # the nested message is absent: no nested config at all
         section, field_name = section_of(name), proto_name(name)
-        message = getattr(spec, section) if section else spec
+        message = _message_at(spec, section)
         descriptor = message.DESCRIPTOR.fields_by_name[field_name]
         value = getattr(message, field_name)
         if descriptor.has_presence and not message.HasField(field_name):
@@ -60,17 +81,48 @@ def values_from_proto(spec: trainer_pb2.TrainingSpec) -> dict[str, Any]:
                     code="invalid_spec",
                 )
             value = ENUMS[name][value]
+        elif descriptor.is_repeated and descriptor.message_type is not None:
+            value = tuple(json_format.MessageToDict(item) for item in value)  # Structs
         elif descriptor.is_repeated:
             value = tuple(value)
-        values[name] = value
+        if dot:
+            values[root][leaf] = value
+        else:
+            values[name] = value
     return values
 
 
+def _set(spec: trainer_pb2.TrainingSpec, name: str, value: Any) -> None:
+    """Set the leaf setting ``name`` (``SETTINGS``) in ``spec``."""
+    section, field_name = section_of(name), proto_name(name)
+    message = _message_at(spec, section)
+    if name in ENUMS:
+        numbers = {v: k for k, v in ENUMS[name].items()}
+        if value not in numbers:
+            raise InvalidArgument(
+                f"unknown {name} {value!r}; use one of {', '.join(numbers)}",
+                param=param_of(name),
+                code="invalid_spec",
+            )
+        value = numbers[value]
+    descriptor = message.DESCRIPTOR.fields_by_name[field_name]
+    if descriptor.is_repeated and descriptor.message_type is not None:
+        for item in value:  # JSON objects into Structs
+            json_format.ParseDict(item, getattr(message, field_name).add())
+    elif descriptor.is_repeated:
+        getattr(message, field_name).extend(value)
+    else:
+        setattr(message, field_name, value)
+
+
 def spec_from_values(values: Mapping[str, Any]) -> trainer_pb2.TrainingSpec:
-    """A ``TrainingSpec`` that sets exactly ``values`` (config field names, enums by name);
-    what is left out stays unset, i.e. takes its default on the trainer. Not validated here:
-    the trainer does that, once."""
+    """A ``TrainingSpec`` that sets exactly ``values`` (config field names, enums by name, a
+    nested config as a dict of its settings or None); what is left out stays unset, i.e. takes
+    its default on the trainer. Not validated here: the trainer does that, once."""
     unknown = sorted(set(values) - set(FIELDS))
+    for root in NESTED:
+        if isinstance(values.get(root), Mapping):
+            unknown += sorted(f"{root}.{n}" for n in values[root] if f"{root}.{n}" not in SETTINGS)
     if unknown:
         raise InvalidArgument(
             f"unknown training setting(s) {', '.join(unknown)}; use fields of TrainingConfig",
@@ -79,28 +131,22 @@ def spec_from_values(values: Mapping[str, Any]) -> trainer_pb2.TrainingSpec:
         )
     spec = trainer_pb2.TrainingSpec()
     for name, value in values.items():
-        section, field_name = section_of(name), proto_name(name)
-        message = getattr(spec, section) if section else spec
-        if name in ENUMS:
-            numbers = {v: k for k, v in ENUMS[name].items()}
-            if value not in numbers:
-                raise InvalidArgument(
-                    f"unknown {name} {value!r}; use one of {', '.join(numbers)}",
-                    param=param_of(name),
-                    code="invalid_spec",
-                )
-            value = numbers[value]
-        if message.DESCRIPTOR.fields_by_name[field_name].is_repeated:
-            getattr(message, field_name).extend(value)
-        else:
-            setattr(message, field_name, value)
+        if name not in NESTED:
+            _set(spec, name, value)
+        elif value is not None:
+            getattr(spec, name).SetInParent()  # present, even with every setting at default
+            for leaf, leaf_value in value.items():
+                _set(spec, f"{name}.{leaf}", leaf_value)
     return spec
 
 
 def config_to_proto(config: TrainingConfig) -> trainer_pb2.TrainingSpec:
     """The spec with its defaults filled in, as stored and shown back to users. LoRA settings
     are left out for a method that trains no adapter (the trainer would refuse them)."""
-    values = config.model_dump()
+    values = config.model_dump(mode="json")
     if not config.is_adapter:
         values = {n: v for n, v in values.items() if section_of(n) != "lora"}
+    for root in NESTED:  # what the trainer filled in (pinned databases) is not on the wire
+        if values.get(root) is not None:
+            values[root] = {n: v for n, v in values[root].items() if f"{root}.{n}" in SETTINGS}
     return spec_from_values(values)

@@ -12,8 +12,10 @@ from pydantic_core import ErrorDetails
 from services.common.errors import InvalidArgument
 from services.common.training_spec import (
     ENUMS,
-    FIELDS,
+    NESTED,
+    SETTINGS,
     extra_of,
+    field_of,
     param_of,
     proto_name,
     section_of,
@@ -21,14 +23,19 @@ from services.common.training_spec import (
 
 
 def label_of(name: str) -> str:
-    """How messages name a setting: its proto field, `lora.` in front for LoRA settings."""
-    return f"lora.{proto_name(name)}" if section_of(name) == "lora" else name
+    """How messages name a setting: its proto field, with its message in front for the
+    settings of a sub-message other than hyperparameters (``lora.r``,
+    ``evaluation.sampling.max_tokens``)."""
+    section = section_of(name)
+    if section in ("", "hyperparameters"):
+        return name
+    return f"{section}.{proto_name(name)}"
 
 
 def bounds_of(name: str) -> dict[str, float]:
     """``{"ge": 1, "le": 1024}`` and the like, as declared."""
     found: dict[str, float] = {}
-    for item in FIELDS[name].metadata:
+    for item in field_of(name).metadata:
         for key in ("ge", "gt", "le", "lt"):
             if isinstance(item, getattr(annotated_types, key.capitalize())):
                 found[key] = getattr(item, key)
@@ -44,7 +51,7 @@ def range_text(name: str) -> str:
     b = bounds_of(name)
     if not b:
         return ""
-    if FIELDS[name].annotation is int:
+    if field_of(name).annotation is int:
         low = b["ge"] if "ge" in b else b["gt"] + 1
         high = b["le"] if "le" in b else b["lt"] - 1
         return f"{low}..{high}"
@@ -54,7 +61,7 @@ def range_text(name: str) -> str:
 
 
 def default_text(name: str) -> str:
-    field = FIELDS[name]
+    field = field_of(name)
     if text := extra_of(name).get("default_text"):
         return text
     if field.is_required():
@@ -63,6 +70,8 @@ def default_text(name: str) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if value == "":
+        return "(none)"
+    if value == ():
         return "(none)"
     if isinstance(value, tuple):
         return ", ".join(value)
@@ -80,16 +89,27 @@ def allowed_text(name: str) -> str:
 
 def choices_of(name: str) -> tuple[str, ...]:
     """The values of an enum setting (``method``, ...), else ()."""
-    return get_args(FIELDS[name].annotation) if name in ENUMS else ()
+    return get_args(field_of(name).annotation) if name in ENUMS else ()
 
 
 OPERATORS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
+def setting_at(loc: tuple[int | str, ...]) -> str:
+    """The setting a pydantic error location points into (``("evaluation", "graders", 0)`` ->
+    ``evaluation.graders``), "" for none; a nested config's own rules point at its field."""
+    parts = [str(part) for part in loc]
+    if len(parts) > 1 and parts[0] in NESTED and f"{parts[0]}.{parts[1]}" in SETTINGS:
+        return f"{parts[0]}.{parts[1]}"
+    if parts and (parts[0] in SETTINGS or parts[0] in NESTED):
+        return parts[0]
+    return ""
+
+
 def refusal(error: ErrorDetails) -> InvalidArgument:
     """One pydantic error as the message a user reads: the value, the rule, the fix."""
-    name = str(error["loc"][0]) if error["loc"] else ""
-    if name not in FIELDS:
+    name = setting_at(error["loc"])
+    if not name:
         return InvalidArgument(error["msg"], param="training", code="invalid_spec")
     label, kind, value = label_of(name), error["type"], error.get("input")
     ctx = error.get("ctx") or {}

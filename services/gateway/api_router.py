@@ -12,12 +12,17 @@ from services.common.errors import Unavailable
 from services.common.metrics import metrics_payload
 from services.gateway.engines import EngineState
 from services.gateway.http_errors import retry_headers
+from services.gateway.promotion import PromotionSupport
 from services.gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     ErrorResponse,
     ModelCard,
     ModelList,
+    RefreshRequest,
+    RefreshResponse,
+    WarmRequest,
+    WarmResponse,
 )
 from services.gateway.serving import OpenAIServing
 
@@ -26,6 +31,10 @@ DEGRADED_HEADER = "x-tuneplex-degraded"
 
 def serving(request: Request) -> OpenAIServing:
     return request.app.state.serving
+
+
+def promotion(request: Request) -> PromotionSupport:
+    return request.app.state.promotion
 
 
 async def require_api_key(request: Request) -> None:
@@ -37,6 +46,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status in (400, 401, 404, 429, 503, 504)
 }
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
+# Ours, beside OpenAI's surface rather than in it: the gateway's side of a promotion.
+admin = APIRouter(prefix="/tuneplex/v1", dependencies=[Depends(require_api_key)],
+                  responses=_ERRORS)
 ops = APIRouter()
 
 
@@ -68,6 +80,18 @@ async def retrieve_model(model: str, raw_request: Request) -> ModelCard:
     return await serving(raw_request).retrieve_model(model)
 
 
+@admin.post("/warm", response_model=WarmResponse)
+async def warm(request: WarmRequest, raw_request: Request) -> WarmResponse:
+    """Load a pinned adapter version where the version it is about to replace is loaded."""
+    return await promotion(raw_request).warm(request.model, request.replaces)
+
+
+@admin.post("/refresh", response_model=RefreshResponse)
+async def refresh(request: RefreshRequest, raw_request: Request) -> RefreshResponse:
+    """Forget the cached resolutions of an adapter name (an alias moved) and resolve again."""
+    return await promotion(raw_request).refresh(request.model)
+
+
 @ops.get("/health")
 async def health(raw_request: Request) -> JSONResponse:
     """200 once an engine can serve; 503 while none can: `starting` while one is (re)starting,
@@ -89,4 +113,5 @@ async def metrics() -> Response:
 
 def attach_routers(app: FastAPI) -> None:
     app.include_router(v1)
+    app.include_router(admin)
     app.include_router(ops)

@@ -20,13 +20,15 @@ from services.gateway.api_router import attach_routers
 from services.gateway.cache import VerifiedDiskCache
 from services.gateway.engines import EngineManager
 from services.gateway.http_errors import InternalErrorGuard, error_response
+from services.gateway.promotion import PromotionSupport
 from services.gateway.registry_guard import GuardedRegistry
 from services.gateway.residency import AdapterResidency
 from services.gateway.resolver import ModelResolver
 from services.gateway.serving import OpenAIServing
 from services.gateway.settings import GatewaySettings
 
-_ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"}
+_ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics",
+           "/tuneplex/v1/warm", "/tuneplex/v1/refresh"}
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -122,6 +124,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             app.state.engines = engines
             app.state.serving = OpenAIServing(resolver, residency, engines,
                                               default_max_tokens=settings.default_max_tokens)
+            app.state.promotion = PromotionSupport(resolver, residency, engines)
             engines.start()  # engines come up in the background; /health says when
             yield
         finally:

@@ -33,7 +33,8 @@ IN_FLIGHT = Gauge("gateway_requests_in_flight", "Requests being proxied to engin
 
 ADAPTER_LOADS = Counter(
     "gateway_adapter_loads_total",
-    "Adapter loads into an engine: loaded, reloaded (after an engine restart), failed.",
+    "Adapter loads into an engine: loaded (for a request), reloaded (after an engine "
+    "restart), warmed (ahead of an alias move), failed.",
     ["result"],
 )
 ADAPTER_LOAD_DURATION = Histogram(

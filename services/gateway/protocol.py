@@ -83,3 +83,35 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# -- promotion (/tuneplex/v1): ours, not OpenAI's, so strict: an unknown field is a typo ------
+
+class _Admin(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class WarmRequest(_Admin):
+    model: str = Field(min_length=1, max_length=256, examples=["sql-lora@4"],
+                       description="The pinned adapter version to load: `name@version`.")
+    replaces: str = Field(min_length=1, max_length=256, examples=["sql-lora@prod"],
+                          description="What it is about to replace (an alias, usually): the "
+                          "engines that hold the version this names now get the new one.")
+
+
+class WarmResponse(BaseModel):
+    model: str
+    loaded_on: list[str] = Field(description="Engines it was loaded into now.")
+    already_on: list[str] = Field(description="Engines that had it already.")
+    seconds: float
+    message: str = Field(description="What happened, in words (also when nothing was loaded).")
+
+
+class RefreshRequest(_Admin):
+    model: str = Field(min_length=1, max_length=256, examples=["sql-lora@prod"],
+                       description="A model ref; every cached ref of its name is forgotten.")
+
+
+class RefreshResponse(BaseModel):
+    model: str
+    version: str = Field(description="What `model` names now: `name@version`.")

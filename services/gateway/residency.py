@@ -98,6 +98,31 @@ class AdapterResidency:
                 return
             await self._load(engine, adapter, "loaded")
 
+    async def warm(self, engine: Engine, adapter: AdapterVersion,
+                   replaces: AdapterVersion) -> bool:
+        """Load `adapter` into `engine` ahead of its traffic: the same path as a request's
+        (verified cache copy, room made by LRU, one load per (engine, adapter)), but not a use.
+        The version it `replaces` still serves until the alias moves, so room-making spares
+        it, and the new one takes its place in the LRU order, not the most recent one: a warm
+        that is never followed by traffic must not outlive adapters that get some. -> whether
+        it was loaded now (False: it was there already, and its place is left as it was)."""
+        loras = self._resident.setdefault(engine.id, OrderedDict())
+        if adapter.lora_id in loras:
+            return False
+        held = (engine.id, replaces.lora_id)
+        self._users[held] += 1
+        try:
+            async with self._load_locks.hold((engine.id, adapter.lora_id)):
+                if adapter.lora_id in loras:
+                    return False
+                await self._load(engine, adapter, "warmed")
+                _place_after(loras, adapter.lora_id, replaces.lora_id)
+            return True
+        finally:
+            self._users[held] -= 1
+            if not self._users[held]:
+                del self._users[held]
+
     def forget(self, engine: Engine, adapter: AdapterVersion) -> None:
         """The engine answered that it does not know this adapter (it restarted behind our
         back): stop believing it is there, so the next ensure_loaded loads it again."""
@@ -203,6 +228,17 @@ class AdapterResidency:
                                          json={"lora_name": victim.lora_id}, timeout=30.0)
             metrics.ADAPTER_UNLOADS.inc()
             log.info("engine %s: unloaded %s to make room", engine.id, victim.ref)
+
+
+def _place_after(loras: OrderedDict[str, AdapterVersion], lora_id: str, anchor: str) -> None:
+    """Move `lora_id` (just loaded: the most recent) to right after `anchor` in LRU order; left
+    where it is when `anchor` is gone."""
+    if anchor not in loras:
+        return
+    order = list(loras)
+    for later in order[order.index(anchor) + 1:]:
+        if later != lora_id:
+            loras.move_to_end(later)
 
 
 def _upstream_message(resp: httpx.Response) -> str:

@@ -102,17 +102,28 @@ class ModelResolver:
 
     # -- resolving ---------------------------------------------------------------------------
 
-    async def resolve(self, model: str) -> ResolvedModel:
+    async def resolve(self, model: str, *, fresh: bool = False) -> ResolvedModel:
+        """What `model` names. `fresh`: ask the registry whatever is cached, and do not fall
+        back on the cache when it is down (a promotion step must act on what is true now)."""
         check_version_selector(model)
         base = self._base_named(model)
         if base is not None:
             return ResolvedModel(base)
-        adapter = await self._resolve_adapter(model)
+        adapter = await self._resolve_adapter(model, fresh)
         return ResolvedModel(self._base_for(adapter), adapter)
 
-    async def _resolve_adapter(self, ref: str) -> AdapterVersion:
+    def forget(self, name: str, keep: str | None = None) -> int:
+        """Drop the cached resolution of every ref of adapter `name` (`name`, `name@3`,
+        `name@prod`) but `keep`: an alias was moved, so the next request asks the registry.
+        -> how many."""
+        refs = [r for r in self._resolved if r != keep and r.partition("@")[0] == name]
+        for ref in refs:
+            del self._resolved[ref]
+        return len(refs)
+
+    async def _resolve_adapter(self, ref: str, fresh: bool = False) -> AdapterVersion:
         ttl = _PINNED_VERSION_TTL_S if _is_pinned_version(ref) else self._settings.resolve_ttl_s
-        cached = self._resolved.get(ref)
+        cached = None if fresh else self._resolved.get(ref)
         now = time.monotonic()
         if cached is not None and now - cached.at < ttl:
             return cached.adapter

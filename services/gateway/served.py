@@ -70,3 +70,10 @@ class ResolvedModel:
     def public_name(self) -> str:
         """The `model` a response carries: an exact, re-usable ref (`sql-lora@2`)."""
         return self.adapter.ref if self.adapter else self.base.name
+
+    @property
+    def version_ref(self) -> str:
+        """The immutable version that serves it (header `x-tuneplex-model-version`):
+        `sql-lora@3`, or the base's registry ref `smollm2-135m-instruct@1` (its name when
+        it is a local folder)."""
+        return self.adapter.ref if self.adapter else self.base.ref

@@ -42,6 +42,10 @@ from services.gateway.served import ResolvedModel
 log = logging.getLogger(__name__)
 
 _CLIENT_CLOSED = 499
+# The immutable version that served a completion (`sql-lora@4`), in the headers of streams
+# too: a client that asked for `sql-lora@prod` can tell which version answered before and
+# after a promotion without reading the body.
+VERSION_HEADER = "x-tuneplex-model-version"
 
 
 def cap_max_tokens(body: dict[str, Any], default: int, context: int | None) -> None:
@@ -130,7 +134,7 @@ class OpenAIServing:
             data["model"] = resolved.public_name
             _count_usage(data.get("usage"))
             metrics.TIME_TO_FIRST_TOKEN.labels(route=route).observe(time.perf_counter() - start)
-            return JSONResponse(data)
+            return JSONResponse(data, headers={VERSION_HEADER: resolved.version_ref})
 
         stack = contextlib.AsyncExitStack()
         slot = await stack.enter_async_context(engine.admit())
@@ -144,7 +148,8 @@ class OpenAIServing:
         # The background close covers a client that leaves before the first event, when the
         # generator never runs and so never reaches its own cleanup.
         return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache"},
+                                 headers={"cache-control": "no-cache",
+                                          VERSION_HEADER: resolved.version_ref},
                                  background=BackgroundTask(stack.aclose))
 
     async def _send(self, engine: Engine, path: str, payload: bytes,

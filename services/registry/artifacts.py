@@ -26,6 +26,7 @@ from services.common.stubs import registry_pb2
 from services.registry import convert
 from services.registry.metadata import FileRow, MetadataStore, NewVersion, VersionRow
 from services.registry.names import check_alias, check_name, kind_name, parse_ref
+from services.registry.promotion_gate import Promotion, promote
 from services.registry.settings import RegistrySettings
 from services.registry.storage import BlobStore, blob_key, manifest_key
 from services.registry.validation import UploadPlan, plan_upload
@@ -38,7 +39,10 @@ LINEAGE_REFS = {
     "validation_dataset": "dataset",
     "base_model": "model",
     "adapter": "adapter",
+    "eval_set": "dataset",
 }
+# Repeated lineage fields that name versions.
+LINEAGE_REF_LISTS = {"databases": "dataset"}
 
 
 class ArtifactRegistry:
@@ -89,6 +93,8 @@ class ArtifactRegistry:
                 lineage.base_model = base_model
         elif isinstance(info, registry_pb2.ModelInfo) and lineage.adapter:
             info.merged_from_adapter = lineage.adapter  # an export: pinned above
+        elif isinstance(info, registry_pb2.EvaluationInfo):
+            _check_evaluation_lineage(info, lineage, plan)
 
         files = [FileRow(f.path, f.size_bytes, f.sha256) for f in header.files]
         manifest = convert.manifest_json(files)
@@ -174,6 +180,19 @@ class ArtifactRegistry:
                     param=f"lineage.{field}",
                 ) from None
             setattr(lineage, field, f"{row.name}@{row.version}")
+        for field, kind in LINEAGE_REF_LISTS.items():
+            refs = getattr(lineage, field)
+            for i, ref in enumerate(refs):
+                parsed = parse_ref(ref, param=f"lineage.{field}[{i}]")
+                try:
+                    row = await asyncio.to_thread(self.metadata.resolve, kind, parsed)
+                except NotFound:
+                    raise FailedPrecondition(
+                        f"lineage.{field}[{i}] names {kind} {shown(ref)}, which the registry "
+                        "does not have",
+                        param=f"lineage.{field}[{i}]",
+                    ) from None
+                refs[i] = f"{row.name}@{row.version}"
 
     async def _check_merge_lineage(self, lineage: registry_pb2.Lineage) -> None:
         """A model merged from an adapter was merged into that adapter's base: fill
@@ -210,22 +229,45 @@ class ArtifactRegistry:
             pending.cancel()
 
     async def lineage(self, kind: int, ref: str) -> list[VersionRow]:
-        """The version, then each version its lineage names, breadth first, each once."""
+        """The version, then each version its lineage names, breadth first, each once. For an
+        evaluation: the evaluation, the evaluated version's chain, then the eval set (and the
+        databases its graders ran on)."""
         start = await self.resolve(kind, ref)
-        chain, seen, queue = [start], {(start.kind, start.name, start.version)}, [start]
+        if start.kind != "evaluation":
+            return await self._chain([start], set())
+        version = convert.version_to_proto(start)
+        lineage, info = version.lineage, version.evaluation
+        seen = {(start.kind, start.name, start.version)}
+        is_adapter = info.model_kind == registry_pb2.ARTIFACT_KIND_ADAPTER
+        evaluated = await self._find("adapter" if is_adapter else "model", info.model)
+        chain = [start] + (await self._chain([evaluated], seen) if evaluated else [])
+        for data_ref in (lineage.eval_set, *lineage.databases):
+            found = await self._find("dataset", data_ref)
+            if found and (key := (found.kind, found.name, found.version)) not in seen:
+                seen.add(key)
+                chain.append(found)
+        return chain
+
+    async def _find(self, kind: str, ref: str) -> VersionRow | None:
+        if not ref:
+            return None
+        try:
+            return await asyncio.to_thread(self.metadata.resolve, kind, parse_ref(ref))
+        except (NotFound, InvalidArgument):
+            return None  # deleted since: the lineage still names it, the chain skips it
+
+    async def _chain(
+        self, start: list[VersionRow], seen: set[tuple[str, str, int]]
+    ) -> list[VersionRow]:
+        chain, queue = list(start), list(start)
+        seen.update((r.kind, r.name, r.version) for r in start)
         while queue:
             row = queue.pop(0)
             lineage = convert.version_to_proto(row).lineage
             for field, ref_kind in LINEAGE_REFS.items():
-                value = getattr(lineage, field)
-                if not value:
+                found = await self._find(ref_kind, getattr(lineage, field))
+                if found is None:
                     continue
-                try:
-                    found = await asyncio.to_thread(
-                        self.metadata.resolve, ref_kind, parse_ref(value)
-                    )
-                except NotFound:
-                    continue  # deleted since: the lineage still names it, the chain skips it
                 key = (found.kind, found.name, found.version)
                 if key not in seen:
                     seen.add(key)
@@ -243,6 +285,10 @@ class ArtifactRegistry:
             self.metadata.set_alias, kind_name(kind), name, alias, version
         )
 
+    async def promote(self, request: registry_pb2.PromoteAliasRequest) -> Promotion:
+        """Move an alias through the evaluation gate (``promotion_gate``)."""
+        return await asyncio.to_thread(promote, self.metadata, request)
+
     async def delete_alias(self, kind: int, name: str, alias: str) -> None:
         check_name(name)
         await asyncio.to_thread(self.metadata.delete_alias, kind_name(kind), name, alias)
@@ -252,6 +298,38 @@ class ArtifactRegistry:
         if version < 0:
             raise InvalidArgument("version must be 0 (all) or more", param="version")
         await asyncio.to_thread(self.metadata.delete, kind_name(kind), name, version, force)
+
+
+def _check_evaluation_lineage(
+    info: registry_pb2.EvaluationInfo, lineage: registry_pb2.Lineage, plan: UploadPlan
+) -> None:
+    """An evaluation's summary and its (pinned) lineage must name the same versions: the gate
+    trusts the summary's scores as those of the lineage's model on the lineage's eval set."""
+    summary = plan.summary()
+    field = "adapter" if info.model_kind == registry_pb2.ARTIFACT_KIND_ADAPTER else "base_model"
+    pairs = [
+        (field, info.model, getattr(lineage, field)),
+        ("eval_set", info.eval_set, lineage.eval_set),
+    ]
+    for name, said, pinned in pairs:
+        if not pinned:
+            raise InvalidArgument(
+                f"an evaluation's lineage must name what it scored: set lineage.{name} "
+                f"(summary.json says {shown(said, 80)})",
+                param=f"lineage.{name}",
+            )
+        if said != pinned:
+            raise InvalidArgument(
+                f"summary.json scores {shown(said, 80)} but lineage.{name} is {pinned}: an "
+                "evaluation's summary and lineage must name the same version",
+                param=f"lineage.{name}",
+            )
+    if summary is not None and sorted(summary.databases) != sorted(lineage.databases):
+        raise InvalidArgument(
+            f"summary.json names databases {sorted(summary.databases)} but lineage.databases "
+            f"is {sorted(lineage.databases)}",
+            param="lineage.databases",
+        )
 
 
 async def _file_bytes(

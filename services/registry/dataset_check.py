@@ -3,8 +3,10 @@ validator. Fed the file's bytes as they stream in; the first broken line fails t
 an error that names the file, the 1-based line number and the rule, e.g.
 ``train.jsonl line 3: assistant message is empty (rule: empty_assistant_message)``.
 
-Formats: chat ``{"messages": [...]}``, ``{"prompt": ..., "completion": ...}`` and plain
-``{"text": ...}`` for continued pretraining. One file holds one format.
+Formats: chat ``{"messages": [...]}``, ``{"prompt": ..., "completion": ...}``, plain
+``{"text": ...}`` for continued pretraining, and eval sets ``{"input": ..., <reference
+fields>}`` (the rules of ``services.common.eval_items``, shared with the eval worker). One file
+holds one format, set by its first example.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 
 from services.common.errors import InvalidArgument, shown
+from services.common.eval_items import INPUT_KEY, check_eval_item
 from services.common.stubs import registry_pb2
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -20,6 +23,7 @@ FORMAT_NAMES = {
     registry_pb2.DATASET_FORMAT_CHAT: "chat (messages)",
     registry_pb2.DATASET_FORMAT_PROMPT_COMPLETION: "prompt/completion",
     registry_pb2.DATASET_FORMAT_TEXT: "text",
+    registry_pb2.DATASET_FORMAT_EVAL: "eval (input)",
 }
 
 
@@ -76,10 +80,14 @@ class DatasetCheck:
             raise self._fail("not_an_object", "each line must be a JSON object")
         fmt = _format_of(record)
         if fmt == registry_pb2.DATASET_FORMAT_UNSPECIFIED:
-            raise self._fail(
-                "missing_messages",
-                "no 'messages' (chat), 'prompt'+'completion' or 'text' field",
-            )
+            if self.format == registry_pb2.DATASET_FORMAT_EVAL:
+                fmt = self.format  # an eval item without its input: the eval rule says so
+            else:
+                raise self._fail(
+                    "missing_messages",
+                    "no 'messages' (chat), 'prompt'+'completion', 'text' or 'input' (eval) "
+                    "field",
+                )
         if self.format == registry_pb2.DATASET_FORMAT_UNSPECIFIED:
             self.format, self._format_line = fmt, self._line
         elif fmt != self.format:
@@ -92,6 +100,8 @@ class DatasetCheck:
             chars = self._check_chat(record["messages"])
         elif fmt == registry_pb2.DATASET_FORMAT_PROMPT_COMPLETION:
             chars = self._check_prompt_completion(record)
+        elif fmt == registry_pb2.DATASET_FORMAT_EVAL:
+            chars = self._check_eval(record)
         else:
             chars = self._check_text(record["text"])
         if chars > self.max_chars:
@@ -153,6 +163,16 @@ class DatasetCheck:
         return len(text)
 
 
+    def _check_eval(self, record: dict) -> int:
+        broken = check_eval_item(record)
+        if broken is not None:
+            raise self._fail(*broken)
+        value = record[INPUT_KEY]
+        if isinstance(value, str):
+            return len(value)
+        return sum(len(m["content"]) for m in value)
+
+
 def _format_of(record: dict) -> registry_pb2.DatasetFormat:
     if "messages" in record:
         return registry_pb2.DATASET_FORMAT_CHAT
@@ -160,4 +180,6 @@ def _format_of(record: dict) -> registry_pb2.DatasetFormat:
         return registry_pb2.DATASET_FORMAT_PROMPT_COMPLETION
     if "text" in record:
         return registry_pb2.DATASET_FORMAT_TEXT
+    if INPUT_KEY in record:
+        return registry_pb2.DATASET_FORMAT_EVAL
     return registry_pb2.DATASET_FORMAT_UNSPECIFIED

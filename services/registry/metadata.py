@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.errors import FailedPrecondition, NotFound, shown
+from services.common.errors import Aborted, FailedPrecondition, NotFound, shown
 from services.registry.migrations import MIGRATIONS, split_statements
 from services.registry.names import Ref
 
@@ -155,6 +155,35 @@ class MetadataStore:
             db.execute("UPDATE artifacts SET update_time = ? WHERE id = ?", (time.time(), art_id))
             return self._artifact(db, art_id)
 
+    def move_alias_if(
+        self, kind: str, name: str, alias: str, version: int, expected: int | None
+    ) -> ArtifactRow:
+        """Point ``alias`` at ``version`` only if it still points at ``expected`` (None: the
+        alias does not exist): the promotion gate decided on that holder, and a move made
+        meanwhile must not be overwritten by a decision about another version."""
+        with self._tx() as db:
+            art_id = self._artifact_id(db, kind, name)
+            self._require_version(db, art_id, kind, name, version)
+            row = db.execute(
+                "SELECT version FROM aliases WHERE artifact_id = ? AND alias = ?", (art_id, alias)
+            ).fetchone()
+            now = row[0] if row else None
+            if now != expected:
+                was = f"version {expected}" if expected else "nothing"
+                raise Aborted(
+                    f"{name}@{alias} moved while the promotion was checked (from {was} to "
+                    f"{f'version {now}' if now else 'nothing'}): retry the promotion",
+                    param="alias",
+                    code="alias_moved",
+                )
+            db.execute(
+                "INSERT INTO aliases (artifact_id, alias, version) VALUES (?, ?, ?)"
+                " ON CONFLICT (artifact_id, alias) DO UPDATE SET version = excluded.version",
+                (art_id, alias, version),
+            )
+            db.execute("UPDATE artifacts SET update_time = ? WHERE id = ?", (time.time(), art_id))
+            return self._artifact(db, art_id)
+
     def delete_alias(self, kind: str, name: str, alias: str) -> None:
         with self._tx() as db:
             art_id = self._artifact_id(db, kind, name)
@@ -276,6 +305,28 @@ class MetadataStore:
                 )
             ]
             return [self._version(self._db, art_id, kind, name, v) for v in numbers]
+
+    def evaluations(
+        self, model: str, model_kind: str, eval_set: str, graders_sha256: str = ""
+    ) -> list[VersionRow]:
+        """Evaluations of ``model`` (``name@version`` of kind ``model_kind``) on ``eval_set``
+        (``name@version``), newest first; only those with ``graders_sha256`` when given."""
+        # info_json is the EvaluationInfo as protobuf JSON (camelCase, enum names).
+        sql = (
+            "SELECT a.id, a.name, v.version FROM versions v JOIN artifacts a"
+            " ON a.id = v.artifact_id WHERE a.kind = 'evaluation'"
+            " AND json_extract(v.info_json, '$.evaluation.model') = ?"
+            " AND json_extract(v.info_json, '$.evaluation.modelKind') = ?"
+            " AND json_extract(v.info_json, '$.evaluation.evalSet') = ?"
+        )
+        args = [model, f"ARTIFACT_KIND_{model_kind.upper()}", eval_set]
+        if graders_sha256:
+            sql += " AND json_extract(v.info_json, '$.evaluation.gradersSha256') = ?"
+            args.append(graders_sha256)
+        sql += " ORDER BY v.create_time DESC, a.name, v.version DESC"
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+            return [self._version(self._db, r[0], "evaluation", r[1], r[2]) for r in rows]
 
     def referenced_keys(self) -> tuple[set[str], set[str]]:
         """sha256 of every file and every manifest some version refers to (for the GC)."""

@@ -42,6 +42,7 @@ KINDS: dict[str, registry_pb2.ArtifactKind] = {
     "dataset": registry_pb2.ARTIFACT_KIND_DATASET,
     "adapter": registry_pb2.ARTIFACT_KIND_ADAPTER,
     "model": registry_pb2.ARTIFACT_KIND_MODEL,
+    "evaluation": registry_pb2.ARTIFACT_KIND_EVALUATION,
 }
 KIND_NAMES: dict[int, str] = {v: k for k, v in KINDS.items()}
 
@@ -50,7 +51,7 @@ def kind_name(kind: int) -> str:
     try:
         return KIND_NAMES[kind]
     except KeyError:
-        raise InvalidArgument("kind must be one of dataset, adapter, model", param="kind") from None
+        raise InvalidArgument(f"kind must be one of {', '.join(KINDS)}", param="kind") from None
 
 
 def check_alias(alias: str) -> str:

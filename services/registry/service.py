@@ -96,6 +96,23 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         chain = await self.registry.lineage(request.kind, request.ref)
         return registry_pb2.GetLineageResponse(chain=[convert.version_to_proto(r) for r in chain])
 
+    async def PromoteAlias(self, request, context):
+        done = await self.registry.promote(request)
+        latest = await asyncio.to_thread(
+            self.metadata.resolve, done.artifact.kind, Ref(done.artifact.name)
+        )
+        response = registry_pb2.PromoteAliasResponse(
+            artifact=convert.artifact_to_proto(done.artifact, latest),
+            previous_version=done.previous_version,
+        )
+        if done.candidate_evaluation is not None:
+            response.candidate_evaluation.CopyFrom(
+                convert.version_to_proto(done.candidate_evaluation)
+            )
+        if done.holder_evaluation is not None:
+            response.holder_evaluation.CopyFrom(convert.version_to_proto(done.holder_evaluation))
+        return response
+
     async def _artifact(self, kind: str, name: str) -> registry_pb2.Artifact:
         row = await asyncio.to_thread(self.metadata.get_artifact, kind, name)
         latest = await asyncio.to_thread(self.metadata.resolve, kind, Ref(name))

@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from services.common.errors import InvalidArgument, ResourceExhausted, shown
+from services.common.eval_summary import RESULTS_FILE, SUMMARY_FILE, EvalSummary
 from services.common.stubs import registry_pb2
 from services.registry.dataset_check import DatasetCheck
+from services.registry.evaluation_check import ResultsCheck, evaluation_info, parse_summary
 from services.registry.names import check_file_layout, check_name, is_pickle, kind_name
 from services.registry.safetensors_check import SafetensorsCheck
+from services.registry.sqlite_check import SqliteCheck, is_sqlite_name
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 MAX_FILES = 10_000
@@ -57,7 +60,13 @@ class NoCheck:
         pass
 
 
-Check = JsonCapture | SafetensorsCheck | DatasetCheck | NoCheck
+Check = JsonCapture | SafetensorsCheck | DatasetCheck | SqliteCheck | ResultsCheck | NoCheck
+Info = (
+    registry_pb2.AdapterInfo
+    | registry_pb2.DatasetInfo
+    | registry_pb2.ModelInfo
+    | registry_pb2.EvaluationInfo
+)
 
 
 @dataclass
@@ -65,9 +74,11 @@ class UploadPlan:
     kind: str
     header: registry_pb2.UploadHeader
     checks: dict[str, Check]
-    info: Callable[[], registry_pb2.AdapterInfo | registry_pb2.DatasetInfo | registry_pb2.ModelInfo]
+    info: Callable[[], Info]
     # For adapters: the base model the upload names (header, else adapter_config.json).
     base_model_hint: Callable[[], str] = field(default=lambda: "")
+    # For evaluations: summary.json as parsed by ``info()`` (checked against the lineage).
+    summary: Callable[[], EvalSummary | None] = field(default=lambda: None)
 
 
 def plan_upload(
@@ -107,13 +118,21 @@ def plan_upload(
         return _plan_dataset(header, files, max_example_chars)
     if kind == "adapter":
         return _plan_adapter(header, files)
+    if kind == "evaluation":
+        return _plan_evaluation(header, files)
     return _plan_model(header, files)
 
 
 def _plan_dataset(header, files, max_example_chars: int) -> UploadPlan:
+    if any(is_sqlite_name(f.path) for f in files):
+        return _plan_sqlite(header, files)
     for f in files:
         if not f.path.endswith(".jsonl"):
-            raise InvalidArgument(f"{f.path}: a dataset holds .jsonl files only", param="files")
+            raise InvalidArgument(
+                f"{shown(f.path)}: a dataset holds .jsonl files only, or one SQLite database "
+                "(.db, .sqlite, .sqlite3)",
+                param="files",
+            )
     checks = {f.path: DatasetCheck(f.path, max_example_chars=max_example_chars) for f in files}
 
     def info() -> registry_pb2.DatasetInfo:
@@ -125,6 +144,49 @@ def _plan_dataset(header, files, max_example_chars: int) -> UploadPlan:
         )
 
     return UploadPlan("dataset", header, dict(checks), info)
+
+
+def _plan_sqlite(header, files) -> UploadPlan:
+    # One database per version: a grader names it by ref, and which file of several it meant
+    # would be a guess.
+    if len(files) != 1:
+        raise InvalidArgument(
+            "a SQLite dataset is exactly one database file; upload the .jsonl files (or the "
+            "other databases) as datasets of their own",
+            param="files",
+        )
+    entry = files[0]
+    check = SqliteCheck(entry.path, entry.size_bytes)
+
+    def info() -> registry_pb2.DatasetInfo:
+        return registry_pb2.DatasetInfo(format=registry_pb2.DATASET_FORMAT_SQLITE, num_examples=0)
+
+    return UploadPlan("dataset", header, {entry.path: check}, info)
+
+
+def _plan_evaluation(header, files) -> UploadPlan:
+    paths = {f.path for f in files}
+    expected = {SUMMARY_FILE, RESULTS_FILE}
+    if paths != expected:
+        extra = sorted(paths - expected)
+        raise InvalidArgument(
+            f"an evaluation is exactly {SUMMARY_FILE} and {RESULTS_FILE}"
+            + (f"; not {', '.join(shown(p, 60) for p in extra[:3])}" if extra else ""),
+            param="files",
+        )
+    summary_json = JsonCapture(SUMMARY_FILE)
+    results = ResultsCheck(RESULTS_FILE)
+    parsed: list[EvalSummary] = []
+
+    def info() -> registry_pb2.EvaluationInfo:
+        summary = parse_summary(summary_json.value)
+        parsed.append(summary)
+        return evaluation_info(summary, results.num_items)
+
+    checks: dict[str, Check] = {SUMMARY_FILE: summary_json, RESULTS_FILE: results}
+    return UploadPlan(
+        "evaluation", header, checks, info, summary=lambda: parsed[-1] if parsed else None
+    )
 
 
 def _plan_adapter(header, files) -> UploadPlan:

@@ -2,8 +2,12 @@
 exists in the registry (pinned to the versions found, so retries use the same bytes), and that
 its estimated peak memory fits.
 
-Training: base model and datasets, memory on the training device. Export: the adapter and the
+Training: base model and datasets (and the eval set and databases of its end-of-run
+evaluation), memory on the training device. Export: the adapter and the
 exact base model version it was trained on, a free output name, memory of the merge on the host.
+Evaluation: the adapter or model (adapters first, as the gateway resolves a `model`) and the
+base it runs on, the eval set (a dataset of format EVAL), every SQLite database a grader names,
+memory of generating the answers in the worker when it may have to.
 """
 
 from __future__ import annotations
@@ -13,25 +17,36 @@ from dataclasses import dataclass
 import psutil
 from google.protobuf.json_format import MessageToDict
 
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from services.common.stubs import trainer_pb2
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    shown,
+)
+from services.common.refs import parse_ref
+from services.common.stubs import registry_pb2, trainer_pb2
+from services.evaluation.graders import referenced_databases
 from services.trainer.artifacts import RegistryPullCache, model_config, version_ref
 from services.trainer.device import DeviceInfo
+from services.trainer.eval_spec import EvalConfig, eval_config_from_proto
 from services.trainer.export_spec import ExportConfig, export_config_from_proto, merge_load_plan
 from services.trainer.memory import (
     MemoryEstimate,
     ModelShape,
+    estimate_eval_memory,
     estimate_export_memory,
     estimate_memory,
+    require_eval_fit,
     require_export_fit,
     require_fit,
 )
-from services.trainer.spec import TrainingConfig, training_config_from_proto
+from services.trainer.spec import TrainingConfig, TrainingEvalConfig, training_config_from_proto
 
 
 @dataclass(frozen=True)
 class Admitted:
-    config: TrainingConfig | ExportConfig
+    config: TrainingConfig | ExportConfig | EvalConfig
     estimate: MemoryEstimate
 
 
@@ -52,7 +67,9 @@ def check_runner(spec: trainer_pb2.JobSpec, runner: str) -> None:
 def training_spec_of(spec: trainer_pb2.JobSpec, runner: str) -> trainer_pb2.TrainingSpec:
     if spec.WhichOneof("kind") != "training":
         raise InvalidArgument(
-            "spec.training or spec.export is required", param="spec.training", code="invalid_spec"
+            "spec.training, spec.export or spec.evaluation is required",
+            param="spec.training",
+            code="invalid_spec",
         )
     check_runner(spec, runner)
     return spec.training
@@ -77,19 +94,38 @@ class Admission:
         if spec.WhichOneof("kind") == "export":
             check_runner(spec, self.runner)
             return self.admit_export(spec.export, enforce_fit=enforce_fit)
+        if spec.WhichOneof("kind") == "evaluation":
+            check_runner(spec, self.runner)
+            return self.admit_evaluation(spec.evaluation, enforce_fit=enforce_fit)
         config = training_config_from_proto(training_spec_of(spec, self.runner), self.device)
         model, model_dir = self.cache.fetch("model", config.base_model, "training.base_model")
         dataset = self.cache.resolve("dataset", config.dataset, "training.dataset")
-        pinned = {"base_model": version_ref(model), "dataset": version_ref(dataset)}
+        pinned: dict[str, object] = {
+            "base_model": version_ref(model),
+            "dataset": version_ref(dataset),
+        }
         if config.validation_dataset:
             validation = self.cache.resolve(
                 "dataset", config.validation_dataset, "training.validation_dataset"
             )
             pinned["validation_dataset"] = version_ref(validation)
-        shape = ModelShape.from_config(model_config(model_dir, pinned["base_model"]))
+        if config.evaluation is not None:
+            pinned["evaluation"] = self.training_evaluation(config.evaluation)
+        shape = ModelShape.from_config(model_config(model_dir, version_ref(model)))
         check = require_fit if enforce_fit else estimate_memory
         estimate = check(config, shape, self.device)
         return Admitted(config.model_copy(update=pinned), estimate)
+
+    def training_evaluation(self, evaluation: TrainingEvalConfig) -> TrainingEvalConfig:
+        """A training job's end-of-run evaluation with its eval set and databases pinned, as an
+        eval job's are."""
+        eval_set = self.eval_set(evaluation.eval_set, "training.evaluation.eval_set")
+        databases = self.databases(
+            referenced_databases(list(evaluation.graders)), "training.evaluation.graders"
+        )
+        return evaluation.model_copy(
+            update={"eval_set": version_ref(eval_set), "databases": databases}
+        )
 
     def admit_export(self, spec: trainer_pb2.ExportSpec, *, enforce_fit: bool) -> Admitted:
         config = export_config_from_proto(spec)
@@ -154,3 +190,95 @@ class Admission:
                 param="export.output_name",
                 code="name_taken",
             )
+
+    def admit_evaluation(self, spec: trainer_pb2.EvalSpec, *, enforce_fit: bool) -> Admitted:
+        config = eval_config_from_proto(spec)
+        model_kind, target, base = self.eval_target(config.model, "evaluation.model")
+        eval_set = self.eval_set(config.eval_set, "evaluation.eval_set")
+        databases = self.databases(referenced_databases(config.graders), "evaluation.graders")
+        shape = None
+        if config.backend != "gateway":  # auto may generate in the worker: size that
+            _, model_dir = self.cache.fetch("model", version_ref(base), "evaluation.model")
+            shape = ModelShape.from_config(model_config(model_dir, version_ref(base)))
+        estimate = estimate_eval_memory(
+            shape, config.backend, config.sampling.max_tokens, self.device
+        )
+        if enforce_fit and config.backend == "local":
+            require_eval_fit(estimate)
+        pinned = {
+            "model": version_ref(target),
+            "model_kind": model_kind,
+            "base_model": version_ref(base),
+            "eval_set": version_ref(eval_set),
+            "databases": databases,
+            "output_name": config.output_name or eval_set.name,
+            "num_items": eval_set.dataset.num_examples,
+        }
+        return Admitted(config.model_copy(update=pinned), estimate)
+
+    def eval_target(self, ref: str, param: str) -> tuple[str, object, object]:
+        """(kind, version, base model version) of what an eval scores: an adapter of that name
+        first (as the gateway resolves a request's `model`), else a model, which is its own
+        base."""
+        parse_ref(ref, param=param)
+        client = self.cache.client
+        try:
+            adapter = client.resolve("adapter", ref)
+        except NotFound:
+            pass
+        else:
+            exact = version_ref(adapter)
+            base_ref = adapter.adapter.base_model or adapter.lineage.base_model
+            try:
+                if not base_ref:
+                    raise NotFound("no base model")
+                base = client.resolve("model", base_ref)
+            except NotFound:
+                raise FailedPrecondition(
+                    f"adapter {exact} was trained on base model {base_ref or '(unknown)'}, "
+                    "which is not in the registry; push that model again (`tuneplex models "
+                    "push`), then evaluate",
+                    param=param,
+                    code="base_model_not_found",
+                ) from None
+            return "adapter", adapter, base
+        try:
+            model = client.resolve("model", ref)
+        except NotFound:
+            raise NotFound(
+                f"{shown(ref)} is neither an adapter nor a model in the registry; see "
+                "`tuneplex adapters list` and `tuneplex models list`",
+                param=param,
+                code="model_not_found",
+            ) from None
+        return "model", model, model
+
+    def eval_set(self, ref: str, param: str) -> registry_pb2.ArtifactVersion:
+        """The pinned eval set: a dataset whose lines are eval items."""
+        found = self.cache.resolve("dataset", ref, param)
+        if found.dataset.format != registry_pb2.DATASET_FORMAT_EVAL:
+            fmt = registry_pb2.DatasetFormat.Name(found.dataset.format)
+            raise FailedPrecondition(
+                f"dataset {version_ref(found)} is a {fmt.removeprefix('DATASET_FORMAT_').lower()} "
+                'dataset, not an eval set; upload a JSONL file whose lines are {"input": ...} '
+                "items (`tuneplex datasets upload`)",
+                param=param,
+                code="not_an_eval_set",
+            )
+        return found
+
+    def databases(self, refs: list[str], param: str) -> dict[str, str]:
+        """Each SQLite database a grader names (as written) -> its pinned version."""
+        pinned: dict[str, str] = {}
+        for ref in refs:
+            found = self.cache.resolve("dataset", ref, param)
+            if found.dataset.format != registry_pb2.DATASET_FORMAT_SQLITE:
+                raise FailedPrecondition(
+                    f"sql_execution database {shown(ref)} is dataset {version_ref(found)}, "
+                    "which is not a SQLite database; upload the .db file with `tuneplex "
+                    "datasets upload`",
+                    param=param,
+                    code="not_a_database",
+                )
+            pinned[ref] = version_ref(found)
+        return pinned

@@ -143,11 +143,16 @@ def merge_load_plan(training: dict | None) -> LoadPlan:
 
 
 def job_config_from_json(raw: str):
-    """The stored config of a job: an ``ExportConfig`` or a ``TrainingConfig``."""
+    """The stored config of a job: an ``ExportConfig``, an ``EvalConfig`` or a
+    ``TrainingConfig``."""
     import json
 
+    from services.trainer.eval_spec import EvalConfig
     from services.trainer.spec import TrainingConfig
 
-    if json.loads(raw).get("kind") == "export":
+    kind = json.loads(raw).get("kind")
+    if kind == "export":
         return ExportConfig.model_validate_json(raw)
+    if kind == "evaluation":
+        return EvalConfig.model_validate_json(raw)
     return TrainingConfig.model_validate_json(raw)

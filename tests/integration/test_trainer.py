@@ -207,6 +207,50 @@ def test_lora_job_resumes_after_worker_and_service_kills_and_publishes(
         assert [v.version for v in reg.versions("adapter", "caps-lora")] == [int(version)]
 
 
+def test_published_version_holds_tensorboard_events_and_compares(registry, tmp_path, monkeypatch):
+    """The version the main job above published (no second training run: CPU minutes)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from typer.testing import CliRunner
+
+    from services.client.cli.app import app
+
+    with RegistryClient(registry.target) as reg:
+        try:
+            reg.pull("adapter", "caps-lora@1", tmp_path / "adapter")
+        except NotFound:
+            pytest.skip("needs caps-lora@1, which the main job test publishes")
+        dataset = reg.resolve("dataset", "trainer-caps@1")
+    report = json.loads((tmp_path / "adapter" / "training_report.json").read_text())
+
+    # (a) `tensorboard --logdir runs` sees the loss of every step once, although three
+    # attempts (two of them killed) each wrote an event file: a resumed attempt's file hides
+    # what the killed one logged past its checkpoint.
+    runs = tmp_path / "adapter" / "runs"
+    assert len(list(runs.glob("events.out.tfevents.*"))) == 3
+    events = EventAccumulator(str(runs))
+    events.Reload()
+    train = [(s.step, s.value) for s in events.Scalars("train/loss")]
+    assert [step for step, _ in train] == list(range(1, STEPS + 1))
+    logged = report["loss_history"]["train"]
+    assert [step for step, _ in logged] == list(range(1, STEPS + 1))
+    assert [v for _, v in train] == pytest.approx([v for _, v in logged], rel=1e-5)
+    assert [s.step for s in events.Scalars("eval/loss")] == [15, 30]
+    texts = events.Tags()["tensors"]  # the Trainer's arguments hold the worker's local paths
+    assert not [t for t in texts if t.startswith(("args", "model_config"))], texts
+
+    # (b) `tuneplex experiments compare` on it, with the loss curve drawn.
+    monkeypatch.setenv("TUNEPLEX_REGISTRY_TARGET", registry.target)
+    png = tmp_path / "loss.png"
+    result = CliRunner().invoke(app, ["experiments", "compare", "caps-lora@1", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "smollm2-135m-instruct@1" in result.output
+    assert dataset.manifest.sha256[:12] in result.output and "64 examples" in result.output
+    assert f"{report['metrics']['train_loss']:.4f}" in result.output
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    missing = CliRunner().invoke(app, ["experiments", "compare", "no-such-adapter"])
+    assert missing.exit_code == 2 and "no adapter or model named" in missing.output
+
+
 def test_cancel_stops_the_worker_within_seconds_and_keeps_checkpoints(trainer):
     with TrainerClient(trainer.target) as client:
         job = client.create_job(

@@ -7,9 +7,9 @@ import typer
 from typer.testing import CliRunner
 
 from services.client.cli.app import app as tuneplex
-from services.client.cli.spec_options import with_spec_options
+from services.client.cli.spec_options import parameter_name, with_spec_options
 from services.common.stubs import trainer_pb2
-from services.common.training_spec import FIELDS
+from services.common.training_spec import SETTINGS
 from services.common.training_spec_proto import spec_from_values
 
 seen: list[tuple[dict, dict]] = []
@@ -68,10 +68,9 @@ def test_the_older_short_flags_and_the_new_ones_reach_their_settings():
 def test_every_setting_has_a_flag():
     command = typer.main.get_command(tuneplex).commands["jobs"].commands["create"]
     names = {p.name for p in command.params}
-    assert set(FIELDS) <= names
+    assert {parameter_name(n) for n in SETTINGS} <= names
 
 
 def test_a_choice_outside_the_declaration_is_a_usage_error():
     result = CliRunner().invoke(probe, ["--dataset", "d", "-o", "x", "--method", "sft"])
     assert result.exit_code == 2 and "lora" in result.output
-

@@ -11,6 +11,7 @@ EXPECTED = {
     errors.NotFound: (grpc.StatusCode.NOT_FOUND, 404, "not_found_error"),
     errors.AlreadyExists: (grpc.StatusCode.ALREADY_EXISTS, 409, "invalid_request_error"),
     errors.FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, 400, "invalid_request_error"),
+    errors.Aborted: (grpc.StatusCode.ABORTED, 409, "conflict_error"),
     errors.ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
     errors.Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
     errors.PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, 403, "permission_error"),

@@ -37,7 +37,8 @@ def test_valid_formats_are_counted():
     [
         ('{"messages": [', "invalid_json"),
         ("[1, 2]", "not_an_object"),
-        (json.dumps({"input": "x"}), "missing_messages"),
+        (json.dumps({"input_": "x"}), "missing_messages"),
+        (json.dumps({"input": "x"}), "mixed_formats"),
         (json.dumps({"messages": []}), "messages_not_list"),
         (json.dumps({"messages": ["hi"]}), "message_not_object"),
         (chat(("user", "q"), ("bot", "a")), "bad_role"),
@@ -80,3 +81,37 @@ def test_huge_line_is_refused_before_it_is_buffered():
     with pytest.raises(InvalidArgument, match="line 1: .*example_too_long"):
         for _ in range(100):
             c.feed(b"x" * 4096)
+
+
+def item(*messages, **fields) -> str:
+    return json.dumps({"input": [{"role": r, "content": c} for r, c in messages], **fields})
+
+
+EVAL_GOOD = item(("system", "answer in SQL"), ("user", "all items?"), sql="SELECT * FROM items")
+
+
+def test_eval_set_is_sniffed_and_counted():
+    c = check([EVAL_GOOD, json.dumps({"input": "plain question", "answer": "4"}), ""])
+    assert (c.format, c.num_examples) == (registry_pb2.DATASET_FORMAT_EVAL, 2)
+
+
+@pytest.mark.parametrize(
+    "bad, rule",
+    [
+        (json.dumps({"sql": "SELECT 1"}), "missing_input"),
+        (json.dumps({"input": 3}), "input_type"),
+        (json.dumps({"input": []}), "empty_input"),
+        (json.dumps({"input": "  "}), "empty_input"),
+        (json.dumps({"input": ["hi"]}), "message_type"),
+        (item(("robot", "q")), "bad_role"),
+        (json.dumps({"input": [{"role": "user", "content": ["x"]}]}), "content_type"),
+        (item(("user", "q"), ("assistant", "a")), "last_not_user"),
+        (item(("user", "x" * 2000)), "example_too_long"),
+        (chat(("user", "q"), ("assistant", "a")), "mixed_formats"),
+    ],
+)
+def test_eval_rule_and_line_number_in_message(bad, rule):
+    with pytest.raises(InvalidArgument) as exc:
+        check([EVAL_GOOD, bad])
+    assert exc.value.message.startswith("train.jsonl line 2: ")
+    assert f"(rule: {rule})" in exc.value.message

@@ -10,7 +10,12 @@ from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.stubs import registry_pb2
 from services.registry.safetensors_check import SafetensorsCheck
 from services.registry.validation import plan_upload
-from tests.helpers.registry_artifacts import write_adapter
+from tests.helpers.registry_artifacts import (
+    EXACT_GRADERS,
+    write_adapter,
+    write_evaluation,
+    write_sqlite,
+)
 
 
 def header_for(folder: Path, kind=registry_pb2.ARTIFACT_KIND_ADAPTER, name="a", extra=()):
@@ -26,8 +31,15 @@ def header_for(folder: Path, kind=registry_pb2.ARTIFACT_KIND_ADAPTER, name="a", 
     return registry_pb2.UploadHeader(kind=kind, name=name, files=[*entries, *extra])
 
 
-def run_plan(folder: Path, *, limit: int = 10**9, chunk: int = 1000):
-    plan = plan_upload(header_for(folder), max_upload_bytes=limit, max_example_chars=10**6)
+def run_plan(
+    folder: Path,
+    *,
+    limit: int = 10**9,
+    chunk: int = 1000,
+    kind=registry_pb2.ARTIFACT_KIND_ADAPTER,
+):
+    header = header_for(folder, kind=kind)
+    plan = plan_upload(header, max_upload_bytes=limit, max_example_chars=10**6)
     for entry in plan.header.files:
         data = (folder / entry.path).read_bytes()
         check = plan.checks[entry.path]
@@ -124,3 +136,77 @@ def test_dataset_files_must_be_jsonl(tmp_path):
     header = header_for(tmp_path, kind=registry_pb2.ARTIFACT_KIND_DATASET)
     with pytest.raises(InvalidArgument, match=".jsonl files only"):
         plan_upload(header, max_upload_bytes=10**9, max_example_chars=1000)
+
+
+DATASET = registry_pb2.ARTIFACT_KIND_DATASET
+EVALUATION = registry_pb2.ARTIFACT_KIND_EVALUATION
+
+
+def test_one_sqlite_file_is_a_sqlite_dataset(tmp_path):
+    write_sqlite(tmp_path / "shop.sqlite3")
+    info = run_plan(tmp_path, kind=DATASET, chunk=37)  # the header split across feeds
+    assert (info.format, info.num_examples) == (registry_pb2.DATASET_FORMAT_SQLITE, 0)
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda b: b"not sqlite at all" + b[17:], "first bytes are not the SQLite header"),
+        (lambda b: b[:16] + b"\x03\x00" + b[18:], "page size 768"),
+        (lambda b: b[:21] + b"\x00" + b[22:], "payload fractions"),
+        (lambda b: b[:-10], "whole number of"),
+        (lambda b: b[:50], "shorter than the 100-byte"),
+    ],
+)
+def test_damaged_sqlite_refused(tmp_path, damage, why):
+    good = write_sqlite(tmp_path / "src" / "x.db").read_bytes()
+    (tmp_path / "up").mkdir()
+    (tmp_path / "up" / "x.db").write_bytes(damage(good))
+    with pytest.raises(InvalidArgument, match=why) as exc:
+        run_plan(tmp_path / "up", kind=DATASET)
+    assert exc.value.code == "not_sqlite" and "(rule: not_sqlite)" in exc.value.message
+
+
+def test_sqlite_with_other_files_refused(tmp_path):
+    write_sqlite(tmp_path / "a.db")
+    (tmp_path / "b.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(InvalidArgument, match="exactly one database file"):
+        plan_upload(header_for(tmp_path, kind=DATASET), max_upload_bytes=10**9,
+                    max_example_chars=1000)
+
+
+def test_evaluation_info_from_the_summary(tmp_path):
+    write_evaluation(tmp_path, model="m@2", model_kind="model", eval_set="s@1", score=0.6,
+                     ci=(0.4, 0.8), num_items=3)
+    info = run_plan(tmp_path, kind=EVALUATION, chunk=50)
+    assert info.model_kind == registry_pb2.ARTIFACT_KIND_MODEL
+    assert (info.model, info.eval_set, info.num_items, info.num_errors) == ("m@2", "s@1", 3, 0)
+    assert (info.score, info.ci_low, info.ci_high) == (0.6, 0.4, 0.8)
+    assert dict(info.grader_scores) == {EXACT_GRADERS[0]["name"]: 0.6}
+
+
+@pytest.mark.parametrize(
+    "overrides, why",
+    [
+        ({"score": 1.5}, "field 'score'"),
+        ({"model_kind": "dataset"}, "field 'model_kind'"),
+        ({"surprise": 1}, "field 'surprise'"),
+        ({"graders_sha256": "ab" * 32}, "graders_sha256 is not the sha256"),
+        ({"num_items": 5}, "has 3 results but summary.json counts 5"),
+    ],
+)
+def test_broken_evaluation_refused(tmp_path, overrides, why):
+    write_evaluation(tmp_path, model="a@1", eval_set="s@1", score=0.5, num_items=3,
+                     overrides=overrides)
+    with pytest.raises(InvalidArgument, match=why):
+        run_plan(tmp_path, kind=EVALUATION)
+
+
+def test_evaluation_files_are_exactly_summary_and_results(tmp_path):
+    write_evaluation(tmp_path, model="a@1", eval_set="s@1", score=0.5)
+    (tmp_path / "results.jsonl").write_text('{"index": 0}\n[1]\n')
+    with pytest.raises(InvalidArgument, match="results.jsonl line 2: each line must be"):
+        run_plan(tmp_path, kind=EVALUATION)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InvalidArgument, match="exactly summary.json and results.jsonl"):
+        run_plan(tmp_path, kind=EVALUATION)

@@ -11,7 +11,9 @@ from services.common.stubs import trainer_pb2
 from services.common.training_spec import (
     ENUMS,
     FIELDS,
+    SETTINGS,
     TrainingConfig,
+    TrainingEvalConfig,
     param_of,
     proto_name,
     section_of,
@@ -57,22 +59,36 @@ EVERY_SETTING_CHANGED = dict(
     early_stopping_patience=2,
     train_on_prompt=True,
     weight_decay=0.01,
+    evaluation=dict(
+        eval_set="shop-sql-heldout@2",
+        graders=({"type": "regex", "name": "select", "input": "{{sample.output_text}}"},),
+        max_tokens=8,
+        temperature=0.5,
+        top_p=0.9,
+        seed=0,
+        each_checkpoint=True,
+        promote_alias="prod",
+        promote_margin=0.02,
+    ),
 )
 SECTION_MESSAGES = {
     "": trainer_pb2.TrainingSpec,
     "lora": trainer_pb2.LoraConfig,
     "hyperparameters": trainer_pb2.Hyperparameters,
+    "evaluation": trainer_pb2.TrainingEval,
+    "evaluation.sampling": trainer_pb2.SamplingParams,
 }
 
 
 def test_every_setting_is_one_proto_field_and_every_proto_field_a_setting():
-    declared = {(section_of(n), proto_name(n)) for n in FIELDS}
-    assert len(declared) == len(FIELDS)
+    declared = {(section_of(n), proto_name(n)) for n in SETTINGS}
+    assert len(declared) == len(SETTINGS)
     on_the_wire = {
         (section, f.name)
         for section, message in SECTION_MESSAGES.items()
         for f in message.DESCRIPTOR.fields
-        if f.message_type is None  # the `lora` and `hyperparameters` sections themselves
+        # the sections themselves are messages; graders are JSON objects (Structs)
+        if f.message_type is None or f.message_type.full_name == "google.protobuf.Struct"
     }
     assert declared == on_the_wire
     for name in ENUMS:
@@ -81,7 +97,7 @@ def test_every_setting_is_one_proto_field_and_every_proto_field_a_setting():
 
 
 def test_every_setting_has_help_text_and_a_param():
-    for name, field in FIELDS.items():
+    for name, field in SETTINGS.items():
         assert field.description, name
         assert param_of(name).startswith("training.")
 
@@ -92,10 +108,18 @@ def test_a_config_with_every_setting_changed_round_trips_through_the_proto():
     defaults = config_from_values(REQUIRED)
     changed = [n for n in FIELDS if getattr(config, n) == getattr(defaults, n)]
     assert changed == [], "every value must differ from its default to prove the mapping"
+    evaluation = EVERY_SETTING_CHANGED["evaluation"]
+    assert {f"evaluation.{n}" for n in evaluation} == {n for n in SETTINGS if "." in n}
+    unchanged = [
+        n for n, v in evaluation.items() if v == TrainingEvalConfig.model_fields[n].default
+    ]
+    assert unchanged == [], "the evaluation's settings too"
     spec = config_to_proto(config)
     assert config_from_values(values_from_proto(spec)) == config
     assert spec.lora.r == 8 and spec.hyperparameters.seed == 0 and spec.zero_stage == 3
     assert spec.hyperparameters.HasField("warmup_ratio") and spec.lora.HasField("dropout")
+    assert spec.evaluation.sampling.max_tokens == 8 and spec.evaluation.sampling.HasField("seed")
+    assert spec.evaluation.promote_alias == "prod" and len(spec.evaluation.graders) == 1
 
 
 def test_a_full_fine_tune_round_trips_without_lora_settings():

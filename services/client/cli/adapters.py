@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from services.client.cli.console import err, fail_with, out
+from services.client.cli.console import err, fail, fail_with, out
 from services.client.cli.registry_views import (
     artifacts_table,
     facts,
@@ -14,7 +16,8 @@ from services.client.cli.registry_views import (
     version_table,
     versions_table,
 )
-from services.common.errors import TuneplexError
+from services.client.config import ClientSettings
+from services.common.errors import InvalidArgument, TuneplexError
 
 app = typer.Typer(
     help="List, inspect, push, pull, alias and delete adapters.", no_args_is_help=True
@@ -96,6 +99,87 @@ def alias(
     except TuneplexError as exc:
         fail_with(exc)
     out.print(f"{name}@{alias_} -> {artifact.aliases[alias_]}", highlight=False)
+
+
+@app.command()
+def promote(
+    ref: str = typer.Argument(..., help="The candidate: `name`, `name@4` or `name@alias`."),
+    alias_: str = typer.Option(..., "--alias", help="Alias to move, e.g. prod."),
+    eval_set: str = typer.Option(..., "--eval", help="Eval set that gates the move."),
+    margin: float = typer.Option(
+        0.0, help="The candidate must score at least the holder's score plus this."
+    ),
+    grader: list[Path] = typer.Option(
+        None,
+        "--grader",
+        help="JSON file of a grader (or a list of them); default: the graders of the newest "
+        "evaluation on the eval set.",
+    ),
+    gateway: str = typer.Option(
+        None,
+        help="Gateway to warm the candidate on and refresh (default: the configured gateway; "
+        "'' for none).",
+    ),
+) -> None:
+    """Move ALIAS to REF if its evaluation on EVAL beats the current holder's; missing
+    evaluations are run on the trainer first, and the gateway is warmed and refreshed."""
+    from services.client.gateway import GatewayAdmin
+    from services.client.promotion import promote as promote_version
+    from services.client.trainer import TrainerClient
+
+    settings = ClientSettings()
+    url = settings.gateway_url if gateway is None else gateway
+    try:
+        graders = [g for path in grader or [] for g in _graders_in(path)] or None
+        with registry_client() as registry, TrainerClient(
+            settings.trainer_target, api_key=settings.api_key
+        ) as trainer:
+            admin = GatewayAdmin(url, api_key=settings.api_key) if url else None
+            try:
+                response = promote_version(
+                    registry,
+                    trainer,
+                    admin,
+                    kind="adapter",
+                    ref=ref,
+                    alias=alias_,
+                    eval_set=eval_set,
+                    graders=graders,
+                    margin=margin,
+                    say=lambda line: err.print(line, highlight=False),
+                )
+            finally:
+                if admin is not None:
+                    admin.close()
+    except TuneplexError as exc:
+        fail_with(exc)
+    artifact = response.artifact
+    alias = alias_.rpartition("@")[2]
+    moved_to = artifact.aliases[alias]
+    line = f"{artifact.name}@{alias} -> {moved_to}"
+    if response.previous_version and response.previous_version != moved_to:
+        cand, held = response.candidate_evaluation, response.holder_evaluation
+        line += (
+            f" (was {response.previous_version}; {cand.evaluation.score:.3f} vs "
+            f"{held.evaluation.score:.3f})"
+        )
+    out.print(line, highlight=False)
+
+
+def _graders_in(path: Path) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(path.read_text())
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}", 2)
+    except ValueError as exc:
+        raise InvalidArgument(f"{path.name}: not JSON ({exc})", param="graders") from None
+    specs = value if isinstance(value, list) else [value]
+    if not all(isinstance(s, dict) for s in specs):
+        raise InvalidArgument(
+            f"{path.name}: a grader file holds one grader object or a list of them",
+            param="graders",
+        )
+    return specs
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.client.cli import adapters, datasets, jobs, models, stack
+from services.client.cli import adapters, datasets, evals, experiments, jobs, models, stack
 from services.client.cli.export import export
 from services.common.errors import TuneplexError
 from services.common.version import tuneplex_version
@@ -23,6 +23,8 @@ app.add_typer(models.app, name="models")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(adapters.app, name="adapters")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(evals.app, name="evals")
+app.add_typer(experiments.app, name="experiments")
 app.command()(export)
 app.command()(stack.serve)
 app.command()(stack.up)

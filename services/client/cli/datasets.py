@@ -1,4 +1,6 @@
-"""`tuneplex datasets ...`: training datasets in the registry."""
+"""`tuneplex datasets ...`: datasets in the registry: training data, eval sets (JSONL of
+`{"input": ...}` items) and the SQLite databases `sql_execution` graders query. The registry
+tells the formats apart and checks each file; the CLI sends the file as it is."""
 
 from __future__ import annotations
 
@@ -15,13 +17,18 @@ from services.client.cli.registry_views import (
 )
 from services.common.errors import TuneplexError
 
-app = typer.Typer(help="Upload and list training datasets.", no_args_is_help=True)
+app = typer.Typer(
+    help="Upload and list datasets: training data, eval sets and SQLite databases.",
+    no_args_is_help=True,
+)
 
 
 @app.command()
 def upload(
     file: Path = typer.Argument(
-        ..., help="A JSONL file: chat `messages`, prompt/completion or text."
+        ...,
+        help="A JSONL file (chat `messages`, prompt/completion, text, or eval items with "
+        "`input`), or a SQLite database (.db, .sqlite, .sqlite3) for sql_execution graders.",
     ),
     name: str = typer.Option(None, help="Dataset name (default: from the file name)."),
     description: str = typer.Option("", help="A line about the data."),

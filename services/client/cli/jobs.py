@@ -143,36 +143,35 @@ class PipedProgress:
 
 
 def watch_job(client: TrainerClient, job_id: str) -> trainer_pb2.Job:
-    """Show a job's events live (progress bar with loss, tokens/s and ETA) until it ends;
-    return the job in its final state."""
+    """Show a job's events live (progress bar with loss, tokens/s and ETA; for an eval job the
+    items scored and the running score) until it ends; return the job in its final state."""
+    # An eval job's steps are items and its measure the running score, not loss and tok/s.
+    evaluation = client.get_job(job_id).spec.WhichOneof("kind") == "evaluation"
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[speed]} tok/s"),
+        TextColumn("{task.completed}/{task.total} " + ("items" if evaluation else "steps")),
+        TextColumn("{task.fields[measure]}"),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
     piped = PipedProgress()
     with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task(job_id, total=None, loss="-", speed="-")
+        task = bar.add_task(job_id, total=None, measure="-")
         for event in client.stream_events(job_id):
             kind = event.WhichOneof("kind")
             if kind == "progress":
                 p = event.progress
-                bar.update(
-                    task,
-                    total=p.total_steps,
-                    completed=p.step,
-                    loss=f"{p.loss:.4f}",
-                    speed=f"{p.tokens_per_second:.0f}",
+                measure = (
+                    f"score {p.running_score:.3f}"
+                    if evaluation
+                    else f"loss {p.loss:.4f} {p.tokens_per_second:.0f} tok/s"
                 )
+                bar.update(task, total=p.total_steps, completed=p.step, measure=measure)
                 if not err.is_terminal and piped.due(p.step, p.total_steps):
                     # A bar is drawn only on a terminal: a log gets a line now and then.
                     bar.console.print(
-                        f"step {p.step}/{p.total_steps} loss {p.loss:.4f} "
-                        f"{p.tokens_per_second:.0f} tok/s",
+                        f"{'item' if evaluation else 'step'} {p.step}/{p.total_steps} {measure}",
                         highlight=False,
                     )
             elif kind == "state_changed":

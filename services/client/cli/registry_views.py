@@ -16,6 +16,8 @@ FORMATS = {
     registry_pb2.DATASET_FORMAT_CHAT: "chat",
     registry_pb2.DATASET_FORMAT_PROMPT_COMPLETION: "prompt/completion",
     registry_pb2.DATASET_FORMAT_TEXT: "text",
+    registry_pb2.DATASET_FORMAT_EVAL: "eval set",
+    registry_pb2.DATASET_FORMAT_SQLITE: "SQLite database",
 }
 
 
@@ -51,11 +53,21 @@ def facts(version: registry_pb2.ArtifactVersion) -> str:
         return f"{kind} r={a.rank} alpha={a.alpha:g} on {a.base_model}"
     if which == "dataset":
         d = version.dataset
+        if d.format == registry_pb2.DATASET_FORMAT_SQLITE:
+            return FORMATS[d.format]
         return f"{d.num_examples} examples, {FORMATS.get(d.format, '?')}"
+    if which == "evaluation":
+        e = version.evaluation
+        return f"{scored(e)}, {e.model} on {e.eval_set}"
     if which == "model":
         m = version.model
         return ", ".join(x for x in (m.architecture, m.dtype, m.merged_from_adapter) if x)
     return ""
+
+
+def scored(e: registry_pb2.EvaluationInfo) -> str:
+    """`0.412 [0.310, 0.520]`: a score with its confidence interval."""
+    return f"{e.score:.3f} [{e.ci_low:.3f}, {e.ci_high:.3f}]"
 
 
 def artifacts_table(artifacts: list[registry_pb2.Artifact], title: str) -> Table:
@@ -112,13 +124,28 @@ def version_table(version: registry_pb2.ArtifactVersion) -> Table:
             ("modules to save", ", ".join(a.modules_to_save)),
             ("rslora", str(a.use_rslora).lower()),
         ]
+    is_evaluation = version.WhichOneof("info") == "evaluation"
+    if is_evaluation:
+        e = version.evaluation
+        per_grader = ", ".join(f"{k}={v:.3f}" for k, v in sorted(e.grader_scores.items()))
+        rows += [
+            ("score", scored(e)),
+            ("model", e.model),
+            ("eval set", e.eval_set),
+            ("items", f"{e.num_items} ({e.num_errors} errors)"),
+            ("graders", e.graders_sha256[:12]),
+            ("grader scores", per_grader),
+        ]
     lin = version.lineage
     rows += [
         ("job", lin.job_id),
         ("dataset", lin.dataset),
         ("validation dataset", lin.validation_dataset),
         ("base model", lin.base_model),
-        ("merged adapter", lin.adapter),
+        # An evaluation's lineage names what it scored: shown above as its model.
+        ("merged adapter", "" if is_evaluation else lin.adapter),
+        ("eval set", "" if is_evaluation else lin.eval_set),
+        ("databases", ", ".join(lin.databases)),
     ]
     if lin.metrics:
         rows.append(("metrics", ", ".join(f"{k}={v:g}" for k, v in sorted(lin.metrics.items()))))

@@ -8,13 +8,16 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from transformers import TrainerCallback
+from transformers.integrations import TensorBoardCallback
 
 from services.common.errors import TuneplexError
 from services.trainer.checkpoints import clear_staging, commit_checkpoint, latest_checkpoint
 from services.trainer.recipes.report import write_report
+from services.trainer.recipes.tracking import RUNS_DIR, choose_trackers
 from services.trainer.spec import TrainingConfig
 from services.trainer.worker.protocol import emit, exit_for
 
@@ -124,6 +127,7 @@ def sft_args(
     has_eval: bool,
     packing: bool,
     deepspeed: Path | None = None,
+    report_to: list[str] | None = None,
 ):
     """SFTConfig from the spec. ``staging`` receives checkpoints before their atomic commit.
 
@@ -158,7 +162,8 @@ def sft_args(
         logging_steps=1,
         logging_first_step=True,
         include_num_input_tokens_seen="non_padding",
-        report_to=[],
+        # TensorBoard is not among these: ``TensorBoardEvents`` writes into the output folder.
+        report_to=report_to or [],
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=config.num_gpus == 0,
@@ -215,6 +220,28 @@ class EventCallback(TrainerCallback):
         emit("checkpoint", step=state.global_step, size_bytes=size)
 
 
+class TensorBoardEvents(TensorBoardCallback):
+    """TensorBoard event files in ``log_dir`` (transformers 5 puts them under the Trainer's
+    ``output_dir``, our checkpoint staging folder, which is never published).
+
+    A resumed attempt writes a new event file in the same folder, opened with ``purge_step``:
+    TensorBoard then hides what the killed attempt logged after its last checkpoint, so the
+    curve has each step once. The Trainer's arguments and model config are not written as text
+    (the stock callback does): they hold the worker's local paths, and the hyper-parameters are
+    in ``training_report.json``."""
+
+    tb_writer: Any  # the SummaryWriter, set by the base class (transformers is not type-checked)
+
+    def __init__(self, log_dir: Path):
+        super().__init__()
+        self.logging_dir = str(log_dir)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.tb_writer is None:
+            purge = state.global_step + 1 if state.global_step else None
+            self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir, purge_step=purge)
+
+
 def prepare_checkpoints(checkpoint_dir: Path) -> tuple[Path, str | None]:
     """The staging folder (emptied) and the checkpoint to resume from, if any."""
     staging = checkpoint_dir / "_staging"
@@ -245,13 +272,24 @@ def fit(
     checkpoint_dir = config.checkpoints(output)
     staging, resume = prepare_checkpoints(checkpoint_dir)
     events = EventCallback(staging, checkpoint_dir)
-    callbacks: list = [events]
+    trackers = choose_trackers(os.environ, wandb_dir=output.with_name(output.name + "-wandb"))
+    for key, value in trackers.env_defaults.items():
+        os.environ.setdefault(key, value)  # read by the W&B callback, in this worker process
+    if "WANDB_DIR" in trackers.env_defaults:
+        Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
+    emit("log", message=trackers.message)
+    callbacks: list = [events, TensorBoardEvents(output / RUNS_DIR)]
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
     trainer = SFTTrainer(
         model=model,
         args=sft_args(
-            t, staging, has_eval=bool(eval_rows), packing=packing, deepspeed=config.deepspeed_config
+            t,
+            staging,
+            has_eval=bool(eval_rows),
+            packing=packing,
+            deepspeed=config.deepspeed_config,
+            report_to=trackers.report_to,
         ),
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,

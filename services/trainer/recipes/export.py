@@ -224,5 +224,6 @@ def run(config: ExportRecipeConfig, output: Path) -> dict:
 def main() -> None:
     recipe_main(run, ExportRecipeConfig)
 
+
 if __name__ == "__main__":
     main()

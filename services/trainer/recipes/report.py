@@ -1,6 +1,6 @@
 """What a finished run leaves beside its weights: ``training_report.json`` (base model,
 hyper-parameters, dataset sha256, hardware, peak memory, wall time, tokens/s, final losses and
-token accuracy) and ``loss_curve.png``."""
+token accuracy, the logged loss at every step) and ``loss_curve.png``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,16 @@ def final_metrics(log_history: list[dict], train_output) -> dict[str, float]:
         if "eval_mean_token_accuracy" in evals[-1]:
             metrics["eval_token_accuracy"] = float(evals[-1]["eval_mean_token_accuracy"])
     return metrics
+
+
+def loss_history(log_history: list[dict]) -> dict[str, list[list[float]]]:
+    """``{"train": [[step, loss], ...], "eval": [[step, eval_loss], ...]}``: what
+    ``tuneplex experiments compare`` takes best losses and overlaid curves from, without
+    reading the event files."""
+    return {
+        "train": [[h["step"], float(h["loss"])] for h in log_history if "loss" in h],
+        "eval": [[h["step"], float(h["eval_loss"])] for h in log_history if "eval_loss" in h],
+    }
 
 
 def write_loss_curve(log_history: list[dict], path: Path) -> None:
@@ -122,7 +132,30 @@ def write_report(
         "hardware": hardware(),
         "steps": trainer.state.global_step,
         "metrics": metrics,
+        "loss_history": loss_history(trainer.state.log_history),
     }
     (output / "training_report.json").write_text(json.dumps(report, indent=2, default=str))
     write_loss_curve(trainer.state.log_history, output / "loss_curve.png")
+    return report
+
+
+REPORT_FILE = "training_report.json"
+
+
+def record_checkpoint_choice(
+    folder: Path, *, step: int, score: float, because: str, scores: list[dict[str, float]]
+) -> dict:
+    """Say in ``folder``'s ``training_report.json`` which weights a job published when it
+    scored its checkpoints (``evaluation.each_checkpoint``): ``published_step``, its
+    ``published_score``, ``published_because`` ("best of 3 checkpoints on shop-sql-heldout@1
+    by score") and every candidate's ``checkpoint_scores`` ([{"step", "score"}], by step)."""
+    path = folder / REPORT_FILE
+    report = json.loads(path.read_text())
+    report.update(
+        published_step=step,
+        published_score=score,
+        published_because=because,
+        checkpoint_scores=scores,
+    )
+    path.write_text(json.dumps(report, indent=2, default=str))
     return report

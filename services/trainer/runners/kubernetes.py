@@ -21,9 +21,11 @@ from pathlib import Path
 from services.common.errors import FailedPrecondition
 from services.trainer.runners.deepspeed import zero_config
 from services.trainer.worker.protocol import (
+    ATTEMPT_ENV,
     CONFIG_ENV,
     CONFIG_FILE,
     DEEPSPEED_ENV,
+    GATEWAY_KEY_ENV,
     REGISTRY_KEY_ENV,
     parse_event_line,
     worker_args,
@@ -81,12 +83,21 @@ def build_job_manifest(
         resources["limits"][gpu_resource] = str(num_gpus)
     env = [
         {"name": CONFIG_ENV, "value": json.dumps(worker_config)},
-        {
-            "name": REGISTRY_KEY_ENV,
-            "valueFrom": {
-                "secretKeyRef": {"name": "tuneplex-api-key", "key": "api-key", "optional": True}
-            },
-        },
+        # One API key for the stack (as the k8s base deploys it): registry and gateway alike.
+        *(
+            {
+                "name": env,
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": "tuneplex-api-key",
+                        "key": "api-key",
+                        "optional": True,
+                    }
+                },
+            }
+            for env in (REGISTRY_KEY_ENV, GATEWAY_KEY_ENV)
+        ),
+        {"name": ATTEMPT_ENV, "value": str(attempt)},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HUB_OFFLINE", "value": "1"},

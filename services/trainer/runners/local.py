@@ -20,6 +20,7 @@ from pathlib import Path
 
 from services.trainer.runners.deepspeed import write_zero_config
 from services.trainer.worker.protocol import (
+    ATTEMPT_ENV,
     DEEPSPEED_FILE,
     LOG_FILE,
     PARENT_PID_ENV,
@@ -93,6 +94,7 @@ class LocalRunner:
             "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
             "TOKENIZERS_PARALLELISM": "false",
             PARENT_PID_ENV: str(os.getpid()),
+            ATTEMPT_ENV: str(attempt),
         }
         with open(log_path, "a") as log:
             log.write(f"--- {job_id}: starting attempt {attempt}\n")

@@ -32,6 +32,10 @@ def main() -> None:
             from services.trainer.worker import export
 
             export.run(config, args.job_dir, client)
+        elif config.evaluation is not None:
+            from services.trainer.worker import evaluate
+
+            evaluate.run(config, args.job_dir, client)
         else:
             from services.trainer.worker import train
 

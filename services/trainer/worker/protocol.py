@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from services.common.errors import TuneplexError, Unavailable
+from services.trainer.eval_spec import EvalConfig
 from services.trainer.export_spec import ExportConfig
 from services.trainer.spec import TrainingConfig
 
@@ -42,6 +43,9 @@ CONFIG_ENV = "TUNEPLEX_WORKER_CONFIG"  # the config itself, where the job folder
 DEEPSPEED_ENV = "TUNEPLEX_WORKER_DEEPSPEED"
 PARENT_PID_ENV = "TUNEPLEX_WORKER_PARENT_PID"  # set by the local runner: see bind_to_parent
 REGISTRY_KEY_ENV = "TUNEPLEX_TRAINER_REGISTRY_API_KEY"
+GATEWAY_KEY_ENV = "TUNEPLEX_TRAINER_GATEWAY_API_KEY"  # eval workers sample through the gateway
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
+ATTEMPT_ENV = "TUNEPLEX_WORKER_ATTEMPT"  # which attempt of the job this is, from 1
 
 EVENT_PREFIX = "@@tuneplex-event "
 EXIT_DOMAIN_ERROR = 3  # the job is wrong, retrying cannot help
@@ -59,14 +63,18 @@ class WorkerConfig(BaseModel):
     # Exactly one of these: what the job does.
     training: TrainingConfig | None = None
     export: ExportConfig | None = None
+    evaluation: EvalConfig | None = None
     registry_target: str
+    # Where eval workers send items (the OpenAI-compatible gateway), its key in GATEWAY_KEY_ENV.
+    gateway_url: str = DEFAULT_GATEWAY_URL
     cache_dir: Path
     deepspeed_config: Path | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> WorkerConfig:
-        if (self.training is None) == (self.export is None):
-            raise ValueError("a worker config holds exactly one of training and export")
+        kinds = (self.training, self.export, self.evaluation)
+        if sum(kind is not None for kind in kinds) != 1:
+            raise ValueError("a worker config holds exactly one of training, export and evaluation")
         return self
 
 
@@ -92,6 +100,12 @@ def read_worker_config(job_dir: Path) -> WorkerConfig:
         path.write_text(deepspeed)
         config = config.model_copy(update={"deepspeed_config": path})
     return config
+
+
+def worker_attempt() -> int:
+    """This attempt's number (the service counts them; 1 where no runner said)."""
+    raw = os.environ.get(ATTEMPT_ENV, "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 1
 
 
 def is_rank_zero() -> bool:

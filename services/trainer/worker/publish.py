@@ -8,7 +8,7 @@ leaves no visible version and the next attempt starts over.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ class Publication:
     folder: Path
     description: str
     source: str
-    # Lineage fields (job_id, base_model, dataset, adapter, ...) as ``name@version`` strings.
-    lineage: dict[str, str]
+    # Lineage fields (job_id, base_model, dataset, adapter, ...) as ``name@version`` strings;
+    # an evaluation's ``databases`` is a list of them.
+    lineage: Mapping[str, str | list[str]]
     metrics: dict[str, float] = field(default_factory=dict)
     hyperparameters: dict[str, Any] | None = None
     base_model: str | None = None  # an adapter names the base it applies to

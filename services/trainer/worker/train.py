@@ -3,7 +3,9 @@
 Pulls the base model and datasets into the shared cache, runs the method's recipe with
 checkpoints in the job folder (resuming from the newest complete one), and publishes the result
 with its report, loss curve and lineage as a new version. Under torchrun every rank runs this;
-only rank 0 reports and publishes.
+only rank 0 reports and publishes. A spec with an ``evaluation`` is also scored on its eval set
+(``training_eval.py``): checked before training, every checkpoint scored before publishing when
+asked (the best one is published), the published version recorded and promoted after.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from services.client.registry import RegistryClient
 from services.trainer.artifacts import RegistryPullCache, dataset_file, version_ref
 from services.trainer.worker.protocol import CHECKPOINTS_DIR, WorkerConfig, emit, is_rank_zero
 from services.trainer.worker.publish import Publication, publish_once
+from services.trainer.worker.training_eval import TrainingEvaluation, publication_folder
 
 if TYPE_CHECKING:  # the recipes import the ML stack, which only the work itself may load
     from services.trainer.recipes.common import RecipeConfig
@@ -31,15 +34,20 @@ def run_recipe(recipe: RecipeConfig, output: Path) -> dict[str, Any]:
 
 
 def run(config: WorkerConfig, job_dir: Path, client: RegistryClient) -> str | None:
-    """Train and publish; returns the published ``name@version`` (rank 0)."""
-    from services.trainer.recipes.common import RecipeConfig
+    """Train and publish (and evaluate, when asked); returns the published ``name@version``
+    (rank 0)."""
+    from services.trainer.recipes.common import RecipeConfig, name_base_model
+    from services.trainer.recipes.report import record_checkpoint_choice
 
     t = config.training
     assert t is not None
     emit("state", state="VALIDATING", message="fetching base model and datasets")
+    cache = RegistryPullCache(client, config.cache_dir)
+    evaluation = None
+    if t.evaluation is not None and is_rank_zero():
+        evaluation = TrainingEvaluation(config, job_dir, client, cache)
 
     def train() -> Publication | None:
-        cache = RegistryPullCache(client, config.cache_dir)
         model, model_dir = cache.fetch("model", t.base_model, "training.base_model")
         dataset, data_dir = cache.fetch("dataset", t.dataset, "training.dataset")
         validation = eval_file = None
@@ -67,14 +75,32 @@ def run(config: WorkerConfig, job_dir: Path, client: RegistryClient) -> str | No
         report = run_recipe(recipe, output)
         if not is_rank_zero():
             return None
+        folder = output
+        metrics = {k: float(v) for k, v in report["metrics"].items()}
+        if evaluation is not None and evaluation.evaluation.each_checkpoint:
+            choice = evaluation.choose_checkpoint(output, report["steps"], version_ref(model))
+            folder = publication_folder(choice.candidate, output, job_dir / "published")
+            name_base_model(folder, model_dir, version_ref(model))  # the checkpoint's config
+            record_checkpoint_choice(
+                folder,
+                step=choice.candidate.step,
+                score=choice.score,
+                because=choice.because,
+                scores=choice.scores,
+            )
+            metrics |= {"published_step": float(choice.candidate.step)}
+            metrics |= {"published_checkpoint_score": choice.score}
         return Publication(
-            folder=output,
+            folder=folder,
             description=f"{t.method} of {version_ref(model)} on {version_ref(dataset)}",
             source=f"trainer job {config.job_id}",
             lineage=lineage,
-            metrics={k: float(v) for k, v in report["metrics"].items()},
+            metrics=metrics,
             hyperparameters=t.model_dump(mode="json"),
             base_model=version_ref(model),
         )
 
-    return publish_once(client, t.output_kind, t.output_name, config.job_id, train)
+    published = publish_once(client, t.output_kind, t.output_name, config.job_id, train)
+    if published is not None and evaluation is not None:
+        evaluation.finish(published)
+    return published
