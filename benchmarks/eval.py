@@ -70,7 +70,7 @@ def eval_job(trainer_target: str, eval_set: str, concurrency: int, max_tokens: i
 
     start = time.perf_counter()
     with TrainerClient(trainer_target) as client:
-        job = client.create_evaluation(
+        job = client.create_job(
             eval_spec(BASE, eval_set, [GRADER], max_tokens=max_tokens, concurrency=concurrency,
                       backend="gateway"))
         job = wait_for_final(client, job.id, timeout=1800)

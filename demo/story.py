@@ -181,7 +181,7 @@ def evaluate(cfg: DemoConfig, model: str, eval_set: str, say: Callable[[str], No
     key = hashlib.sha256(pinned.manifest.sha256.encode()
                          + spec.SerializeToString(deterministic=True)).hexdigest()[:32]
     with TrainerClient(trainer) as client:
-        job = client.create_evaluation(spec, idempotency_key=f"demo-eval-{key}")
+        job = client.create_job(spec, idempotency_key=f"demo-eval-{key}")
         say(f"evaluating {target} on {eval_set}: job {job.id}")
         job = watch_job(client, job.id)
     if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
