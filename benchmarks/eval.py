@@ -8,7 +8,9 @@ trainer whose eval worker sends through that gateway. The items are the demo's h
 text-to-SQL questions on the base model, graded by `sql_execution`. Both sides send exactly the
 same chat requests (greedy, same max_tokens) with the same number in flight, one after the
 other on the same engine, each twice in alternation (raw, job, raw, job); the best of each is
-compared, so a transient stall of the shared machine does not decide the ratio.
+compared, so a transient stall of the shared machine does not decide the ratio. The gateway
+admits `--concurrency` requests per engine here (its CPU default is 8, chosen for latency), so
+both sides put the same number in flight at vLLM.
 
 Two figures for the job: the worker's own sampling-and-grading loop (what concurrency and the
 gateway cost) and the whole job as a user waits for it (queue, worker start, eval-set pull,
@@ -112,7 +114,10 @@ def main() -> None:
         eval_ref = f"{eval_set.name}@{eval_set.version}"
         vllm, vllm_url = start_vllm(base_dir, work / "vllm.log", max_loras=2)
         gateway = start_gateway(work / "gateway", registry.target, api_key=None, env={
-            "TUNEPLEX_GATEWAY_ENGINE_URLS": f'["{vllm_url}"]'})
+            "TUNEPLEX_GATEWAY_ENGINE_URLS": f'["{vllm_url}"]',
+            # Same number in flight at vLLM on both sides: the gateway's CPU default admits 8
+            # per engine (for latency), which would halve the job's batches (0.83x measured).
+            "TUNEPLEX_GATEWAY_MAX_CONCURRENT_PER_ENGINE": str(args.concurrency)})
         procs.append(gateway)
         gateway.wait_healthy(timeout=600)
         trainer = start_trainer(work / "trainer", registry.target,
