@@ -155,7 +155,9 @@ def grader() -> dict:
 
 def upload_eval_data(cfg: DemoConfig, data_dir: Path, say: Callable[[str], None]) -> str:
     """Push the shop database and the held-out questions as an eval set; returns the eval set
-    as `name@version` (an unchanged file is the same version again: the registry dedups)."""
+    as `name@version`. Each run pushes new versions (versions are immutable records of what was
+    uploaded); the gate compares on the newest, running the holder's evaluation there if it
+    has none."""
     registry, _, _ = _targets(cfg)
     with RegistryClient(registry) as client:
         db = client.push("dataset", DATABASE, data_dir / "shop.db")
