@@ -218,7 +218,8 @@ def test_published_version_holds_tensorboard_events_and_compares(registry, tmp_p
         try:
             reg.pull("adapter", "caps-lora@1", tmp_path / "adapter")
         except NotFound:
-            pytest.skip("needs caps-lora@1, which the main job test publishes")
+            pytest.fail("caps-lora@1 is missing: the main job test above publishes it (run the "
+                        "module, not this test alone)")
         dataset = reg.resolve("dataset", "trainer-caps@1")
     report = json.loads((tmp_path / "adapter" / "training_report.json").read_text())
 

@@ -105,7 +105,6 @@ async def test_warm_loads_the_candidate_only_on_the_engine_holding_the_replaced_
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert (body["model"], body["loaded_on"], body["already_on"]) == ("sql@2", ["engine-0"], [])
-    assert body["seconds"] >= 0
     assert gw.vllms[0].loaded == [v1.lora_id, v2.lora_id]
     assert gw.vllms[1].load_calls == []  # it never had sql@1: nothing to replace there
     assert gw.registry.pulls == 2
