@@ -16,6 +16,7 @@ import json
 from services.common.errors import InvalidArgument, shown
 from services.common.eval_items import INPUT_KEY, check_eval_item
 from services.common.stubs import registry_pb2
+from services.registry.jsonl_stream import LineSplitter
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id"}
@@ -35,34 +36,25 @@ class DatasetCheck:
         self.num_examples = 0
         self._line = 0
         self._format_line = 0
-        self._partial = bytearray()
+        # A line longer than any allowed example cannot pass; stop buffering it then. Bytes
+        # bound characters from above only loosely (UTF-8 is up to 4 bytes per char), hence x4.
+        self._lines = LineSplitter(self._check_line, 4 * max_example_chars + 65536,
+                                   self._too_long)
 
     def _fail(self, rule: str, why: str) -> InvalidArgument:
         return InvalidArgument(f"{self.path} line {self._line}: {why} (rule: {rule})", param="file")
 
     def feed(self, data: bytes) -> None:
-        start = 0
-        while (end := data.find(b"\n", start)) >= 0:
-            if self._partial:
-                self._partial += data[start:end]
-                line, self._partial = bytes(self._partial), bytearray()
-            else:
-                line = data[start:end]
-            self._check_line(line)
-            start = end + 1
-        self._partial += data[start:]
-        # A line longer than any allowed example cannot pass; stop buffering it now. Bytes
-        # bound characters from above only loosely (UTF-8 is up to 4 bytes per char), hence x4.
-        if len(self._partial) > 4 * self.max_chars + 65536:
-            self._line += 1
-            raise self._fail(
-                "example_too_long", f"line is over the limit of {self.max_chars} characters"
-            )
+        self._lines.feed(data)
+
+    def _too_long(self) -> None:
+        self._line += 1
+        raise self._fail(
+            "example_too_long", f"line is over the limit of {self.max_chars} characters"
+        )
 
     def finish(self) -> None:
-        if self._partial:
-            line, self._partial = bytes(self._partial), bytearray()
-            self._check_line(line)
+        self._lines.finish()
         if self.num_examples == 0:
             raise InvalidArgument(f"{self.path}: no examples (rule: no_examples)", param="file")
 

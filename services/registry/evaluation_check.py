@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from services.common.errors import InvalidArgument
 from services.common.eval_summary import RESULTS_FILE, SUMMARY_FILE, EvalSummary, graders_digest
 from services.common.stubs import registry_pb2
+from services.registry.jsonl_stream import LineSplitter
 
 MODEL_KINDS = {
     "adapter": registry_pb2.ARTIFACT_KIND_ADAPTER,
@@ -30,26 +31,16 @@ class ResultsCheck:
         self.path = path
         self.num_items = 0
         self._line = 0
-        self._partial = bytearray()
+        self._lines = LineSplitter(self._check_line, MAX_RESULT_LINE_BYTES, self._too_long)
 
     def feed(self, data: bytes) -> None:
-        start = 0
-        while (end := data.find(b"\n", start)) >= 0:
-            if self._partial:
-                self._partial += data[start:end]
-                line, self._partial = bytes(self._partial), bytearray()
-            else:
-                line = data[start:end]
-            self._check_line(line)
-            start = end + 1
-        self._partial += data[start:]
-        if len(self._partial) > MAX_RESULT_LINE_BYTES:
-            raise self._fail(self._line + 1, f"line is over {MAX_RESULT_LINE_BYTES} bytes")
+        self._lines.feed(data)
 
     def finish(self) -> None:
-        if self._partial:
-            line, self._partial = bytes(self._partial), bytearray()
-            self._check_line(line)
+        self._lines.finish()
+
+    def _too_long(self) -> None:
+        raise self._fail(self._line + 1, f"line is over {MAX_RESULT_LINE_BYTES} bytes")
 
     def _fail(self, line: int, why: str) -> InvalidArgument:
         return InvalidArgument(f"{self.path} line {line}: {why}", param="files")
