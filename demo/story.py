@@ -2,9 +2,11 @@
 
 Import SmolLM2-135M-Instruct, start registry, trainer and gateway, upload the generated
 text-to-SQL dataset, train the LoRA adapter `sql-lora` while showing progress, then evaluate the
-base model and `sql-lora` with eval jobs (every held-out question through the gateway, graded by
-the `sql_execution` grader, stored in the registry), and promote `sql-lora@prod` through the
-eval gate. The services keep running afterwards; `tuneplex stop` ends them.
+base model and `sql-lora` with eval jobs on two eval sets (every question through the gateway,
+graded by the `sql_execution` grader, stored in the registry): the generated held-out split
+`shop-sql-heldout` and `shop-sql-handwritten`, questions written by hand as people ask them.
+`sql-lora@prod` moves through the eval gate on the generated split. The services keep running
+afterwards; `tuneplex stop` ends them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ BASE_MODEL = "smollm2-135m-instruct"
 ADAPTER = "sql-lora"
 DATASET = "shop-sql"
 EVAL_SET = "shop-sql-heldout"
+HANDWRITTEN_SET = "shop-sql-handwritten"  # only for the seed-0 database its questions are about
 DATABASE = "shop-db"
 PROD = "prod"
 GRADER_FILE = Path(__file__).resolve().parent / "shop_sql" / "grader.json"
@@ -82,12 +85,16 @@ class ScoredModel:
 
 @dataclass
 class DemoResult:
-    base: ScoredModel
+    base: ScoredModel  # on the generated held-out split, `eval_set`
     adapter: ScoredModel
     adapter_ref: str
     eval_set: str
     promotion: str
     seconds: dict[str, float] = field(default_factory=dict)
+    # On the hand-written questions, `handwritten_set`; None for a seed without them.
+    handwritten_set: str | None = None
+    base_handwritten: ScoredModel | None = None
+    adapter_handwritten: ScoredModel | None = None
 
 
 def _targets(cfg: DemoConfig) -> tuple[str, str, str]:
@@ -153,25 +160,36 @@ def grader() -> dict:
     return json.loads(GRADER_FILE.read_text())
 
 
-def upload_eval_data(cfg: DemoConfig, data_dir: Path, say: Callable[[str], None]) -> str:
-    """Push the shop database and the held-out questions as an eval set; returns the eval set
-    as `name@version`. Each run pushes new versions (versions are immutable records of what was
-    uploaded); the gate compares on the newest, running the holder's evaluation there if it
-    has none."""
+def upload_eval_data(cfg: DemoConfig, data_dir: Path, say: Callable[[str], None]
+                     ) -> tuple[str, str | None]:
+    """Push the shop database, the held-out questions and, when written for this seed, the
+    hand-written ones as eval sets; returns both eval sets as `name@version` (None for the
+    hand-written one when there is none). Each run pushes new versions (versions are immutable
+    records of what was uploaded); the gate compares on the newest, running the holder's
+    evaluation there if it has none."""
     registry, _, _ = _targets(cfg)
+    handwritten_file = data_dir / "handwritten_eval.jsonl"
     with RegistryClient(registry) as client:
         db = client.push("dataset", DATABASE, data_dir / "shop.db")
         version = client.push("dataset", EVAL_SET, data_dir / "heldout_eval.jsonl")
+        handwritten = (client.push("dataset", HANDWRITTEN_SET, handwritten_file)
+                       if handwritten_file.exists() else None)
     ref = f"{EVAL_SET}@{version.version}"
     say(f"uploaded {DATABASE}@{db.version} and the eval set {ref} "
         f"({version.dataset.num_examples} questions)")
-    return ref
+    if handwritten is None:
+        return ref, None
+    handwritten_ref = f"{HANDWRITTEN_SET}@{handwritten.version}"
+    say(f"uploaded the eval set {handwritten_ref} "
+        f"({handwritten.dataset.num_examples} questions written by hand)")
+    return ref, handwritten_ref
 
 
 def evaluate(cfg: DemoConfig, model: str, eval_set: str, say: Callable[[str], None]
              ) -> ScoredModel:
-    """One eval job: every held-out question through the gateway (vLLM batches them), graded
-    by `sql_execution`, stored in the registry. An identical earlier evaluation is reused."""
+    """One eval job: every question of `eval_set` through the gateway (vLLM batches them),
+    graded by `sql_execution`, stored in the registry. An identical earlier evaluation is
+    reused."""
     from services.client.cli.jobs import watch_job
 
     registry, trainer, _ = _targets(cfg)
@@ -227,7 +245,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     data_dir = cfg.home / "demo" / "shop-sql"
-    write_dataset(data_dir, cfg.train_examples, cfg.heldout_examples, cfg.seed)
+    write_dataset(data_dir, cfg.train_examples, cfg.heldout_examples, cfg.seed, say=say)
     say(f"generated the text-to-SQL dataset in {data_dir}")
     local_stack.start_all(
         cfg.home,
@@ -236,7 +254,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
         max_lora_rank=max(16, cfg.lora_rank),
         say=say,
     )
-    eval_set = upload_eval_data(cfg, data_dir, say)
+    eval_set, handwritten_set = upload_eval_data(cfg, data_dir, say)
     seconds["start"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -251,22 +269,37 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     say("evaluating the base model and sql-lora: eval jobs through the gateway")
     base = evaluate(cfg, BASE_MODEL, eval_set, say)
     adapter = evaluate(cfg, adapter_ref, eval_set, say)
+    base_hw = evaluate(cfg, BASE_MODEL, handwritten_set, say) if handwritten_set else None
+    adapter_hw = evaluate(cfg, adapter_ref, handwritten_set, say) if handwritten_set else None
     seconds["evaluate"] = time.perf_counter() - t
     promotion = promote(cfg, adapter_ref, eval_set, say)
     seconds["total"] = time.perf_counter() - t0
-    return DemoResult(base, adapter, adapter_ref, eval_set, promotion, seconds)
+    return DemoResult(base, adapter, adapter_ref, eval_set, promotion, seconds,
+                      handwritten_set, base_hw, adapter_hw)
 
 
 def print_report(cfg: DemoConfig, result: DemoResult, console: Console) -> None:
     _, _, gateway = _targets(cfg)
     n = result.adapter.info.num_items
-    table = Table(title=f"Execution accuracy on {n} held-out questions ({result.eval_set})")
-    for column in ("model", "accuracy", "95% CI", "errors", "record"):
-        table.add_column(column, justify="right" if column in ("accuracy", "errors") else "left")
-    for scored in (result.base, result.adapter):
-        info = scored.info
-        table.add_row(scored.model, f"{info.score:.2f}", f"[{info.ci_low:.2f}, {info.ci_high:.2f}]",
-                      str(info.num_errors), scored.record)
+    # A column per eval set: (label, eval set, base, adapter).
+    columns = [("held-out", result.eval_set, result.base, result.adapter)]
+    if result.handwritten_set and result.base_handwritten and result.adapter_handwritten:
+        columns.append(("hand-written", result.handwritten_set, result.base_handwritten,
+                        result.adapter_handwritten))
+    table = Table(title="Execution accuracy (95% CI) on " + " and ".join(
+        f"{base.info.num_items} {label} questions" for label, _, base, _ in columns))
+    table.add_column("model")
+    for _, ref, _, _ in columns:
+        table.add_column(ref, justify="right")
+    table.add_column("errors", justify="right")
+    table.add_column("records")
+    for row in (0, 1):
+        scored = [column[2 + row] for column in columns]
+        table.add_row(scored[0].model,
+                      *(f"{s.accuracy:.2f} [{s.info.ci_low:.2f}, {s.info.ci_high:.2f}]"
+                        for s in scored),
+                      " / ".join(str(s.info.num_errors) for s in scored),
+                      ", ".join(s.record for s in scored))
     console.print(table)
     console.print(
         f"execution accuracy: {BASE_MODEL} {result.base.accuracy:.2f}, "
@@ -274,6 +307,14 @@ def print_report(cfg: DemoConfig, result: DemoResult, console: Console) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if result.base_handwritten and result.adapter_handwritten:
+        console.print(
+            f"hand-written: {BASE_MODEL} {result.base_handwritten.accuracy:.2f}, "
+            f"{ADAPTER} {result.adapter_handwritten.accuracy:.2f} "
+            f"({result.adapter_handwritten.info.num_items} questions written by hand)",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(result.promotion, highlight=False, soft_wrap=True)
     gold = [json.loads(line) for line in
             (cfg.home / "demo" / "shop-sql" / "heldout_gold.jsonl").open()]
@@ -314,7 +355,7 @@ def print_report(cfg: DemoConfig, result: DemoResult, console: Console) -> None:
         "\nThe services keep running. Try:\n\n"
         f"  curl {gateway}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n\n"
         f"or in Python:\n\n{python}\n\n"
-        f"and `tuneplex evals list {EVAL_SET}`, "
+        f"and `tuneplex evals list {EVAL_SET}` (or {HANDWRITTEN_SET}), "
         f"`tuneplex experiments compare {result.adapter_ref}`, `tuneplex adapters list`, "
         "`tuneplex jobs list`; `make stop` stops the services.",
         highlight=False,

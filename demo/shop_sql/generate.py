@@ -6,6 +6,10 @@ writes DIR/shop.db, DIR/train.jsonl and DIR/heldout.jsonl (chat records: system,
 and DIR/heldout_gold.jsonl (question, sql, ordered, family, template) for the evaluator, and
 DIR/heldout_eval.jsonl: the same held-out questions as an eval set (`input` messages + those
 fields) for `tuneplex evals run` with the `sql_execution` grader in demo/shop_sql/grader.json.
+For seed 0 (the demo's database) it also writes DIR/handwritten_gold.jsonl and
+DIR/handwritten_eval.jsonl: a second held-out set, questions written by hand as people type them
+(demo/shop_sql/handwritten.jsonl). They name customers, products and orders of that database, so
+other seeds skip them.
 
 Every example is checked against the database before it is kept: the gold SQL must run and return
 a non-empty, non-NULL answer, so a model cannot score by returning nothing. Families are drawn in
@@ -20,17 +24,20 @@ import argparse
 import json
 import random
 import sqlite3
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Importing the intent modules registers their families in phrasing.INTENTS.
-from demo.shop_sql import intents_basic, intents_join  # noqa: F401
+from demo.shop_sql import intents_basic, intents_group, intents_join, intents_lookup  # noqa: F401
 from demo.shop_sql.phrasing import INTENTS, Ctx, Facts, Intent, Reject, render, split_of
 from demo.shop_sql.schema import build_database
 
 SYSTEM = "You write one SQLite query for the shop database. Reply with the SQL only."
 FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(i.family for i in INTENTS))
 MAX_TRIES = 200
+HANDWRITTEN = Path(__file__).resolve().parent / "handwritten.jsonl"
+HANDWRITTEN_SEED = 0  # the database the hand-written questions are about (the demo's)
 
 
 @dataclass(frozen=True)
@@ -113,15 +120,37 @@ def generate_splits(db_path: str | Path, n_train: int, n_heldout: int,
     return train, heldout
 
 
+def handwritten_examples() -> list[Example]:
+    """The hand-written held-out questions, valid on the database of `HANDWRITTEN_SEED`."""
+    with HANDWRITTEN.open(encoding="utf-8") as fh:
+        return [Example(**json.loads(line)) for line in fh if line.strip()]
+
+
+def _checked_handwritten(db_path: Path, train: list[Example]) -> list[Example]:
+    """The hand-written set, refused if a gold query fails on `db_path` or returns nothing, or a
+    question is also a training question: either is a bug in handwritten.jsonl."""
+    examples = handwritten_examples()
+    conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        bad = [e.question for e in examples if not _answer_ok(conn, e.sql)]
+    finally:
+        conn.close()
+    bad += sorted({e.question for e in examples} & {e.question for e in train})
+    if bad:
+        raise ValueError(f"{HANDWRITTEN.name}: empty answers or training questions: {bad}")
+    return examples
+
+
 def _write_jsonl(path: Path, records) -> None:
     with path.open("w", encoding="utf-8") as fh:
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def write_dataset(out: str | Path, n_train: int = 2000, n_heldout: int = 100,
-                  seed: int = 0) -> dict[str, Path]:
-    """Build the database and both splits under `out`; return the written paths by name."""
+def write_dataset(out: str | Path, n_train: int = 2000, n_heldout: int = 100, seed: int = 0,
+                  say: Callable[[str], None] = print) -> dict[str, Path]:
+    """Build the database and both splits under `out`, and for `HANDWRITTEN_SEED` the
+    hand-written set (`say` tells when it is skipped); return the written paths by name."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     db = build_database(out / "shop.db", seed)
@@ -132,6 +161,17 @@ def write_dataset(out: str | Path, n_train: int = 2000, n_heldout: int = 100,
     _write_jsonl(paths["heldout"], (e.chat() for e in heldout))
     _write_jsonl(paths["heldout_gold"], (e.gold() for e in heldout))
     _write_jsonl(paths["heldout_eval"], (e.eval_item() for e in heldout))
+    handwritten_paths = [out / "handwritten_gold.jsonl", out / "handwritten_eval.jsonl"]
+    if seed != HANDWRITTEN_SEED:
+        for path in handwritten_paths:  # an earlier seed-0 run here: they do not fit this db
+            path.unlink(missing_ok=True)
+        say(f"no hand-written eval set for seed {seed}: its questions name customers, products "
+            f"and orders of the seed-{HANDWRITTEN_SEED} database")
+        return paths
+    handwritten = _checked_handwritten(db, train)
+    paths["handwritten_gold"], paths["handwritten_eval"] = handwritten_paths
+    _write_jsonl(paths["handwritten_gold"], (e.gold() for e in handwritten))
+    _write_jsonl(paths["handwritten_eval"], (e.eval_item() for e in handwritten))
     return paths
 
 

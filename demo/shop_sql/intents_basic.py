@@ -2,7 +2,8 @@
 
 Gold SQL conventions (one style so a small model can learn it): uppercase keywords, single-quoted
 literals, no trailing semicolon; a customer is answered by `name`, a product by `title`, an order
-by `id`; money stays in cents as stored; months and years via strftime on the ISO text dates.
+by `id`, unless the question names other columns: then those, in the order it names them; money
+stays in cents as stored; months and years via strftime on the ISO text dates.
 """
 
 from __future__ import annotations
@@ -113,26 +114,74 @@ LIST_ORD = ("! list the {np}", "? what are the {np}", "- ids of all {np}",
             "- {np}", "? can I see the {np}", "! find all {np}")
 
 
-def _list(table: str, col: str, np_fn, kinds):
+ROW_SETS = {  # the sets of rows a list question names: (table, noun phrase builder, its kinds)
+    "customers_text": ("customers", cust_np, ("city", "tier", "city_tier")),
+    "customers_joined": ("customers", cust_np, ("joined_year", "joined_date")),
+    "products_category": ("products", prod_np, ("category",)),
+    "products_price": ("products", prod_np, ("price", "price", "category_price")),
+    "orders_status": ("orders", order_np, ("status",)),
+    "orders_date": ("orders", order_np, ("month", "year", "date", "range", "status_year")),
+}
+
+
+def _list(rows: str, col: str):
     def build(x: Ctx):
+        table, np_fn, kinds = ROW_SETS[rows]
         phrase, where = np_fn(x, kinds)
         return {"np": phrase}, f"SELECT {col} FROM {table} WHERE {where}"
     return build
 
 
-for _fam, _name, _frames, _table, _col, _np, _kinds in (
-    ("text_filter", "list_customers_text", LIST_CUST, "customers", "name", cust_np,
-     ("city", "tier", "city_tier")),
-    ("text_filter", "list_products_category", LIST_PROD, "products", "title", prod_np,
-     ("category",)),
-    ("numeric_filter", "list_products_price", LIST_PROD, "products", "title", prod_np,
-     ("price", "price", "category_price")),
-    ("date_range", "list_orders_date", LIST_ORD, "orders", "id", order_np,
-     ("month", "year", "date", "range", "status_year")),
-    ("date_range", "list_customers_joined", LIST_CUST, "customers", "name", cust_np,
-     ("joined_year", "joined_date")),
+for _fam, _name, _frames, _rows, _col in (
+    ("text_filter", "list_customers_text", LIST_CUST, "customers_text", "name"),
+    ("text_filter", "list_products_category", LIST_PROD, "products_category", "title"),
+    ("numeric_filter", "list_products_price", LIST_PROD, "products_price", "title"),
+    ("date_range", "list_orders_date", LIST_ORD, "orders_date", "id"),
+    ("date_range", "list_customers_joined", LIST_CUST, "customers_joined", "name"),
 ):
-    intent(_fam, _frames, name=_name)(_list(_table, _col, _np, _kinds))
+    intent(_fam, _frames, name=_name)(_list(_rows, _col))
+
+# The columns a question asks for, in the order it names them ("skus and titles": sku, title).
+COLUMNS = {
+    "customers": (("ids", "id"), ("customer ids", "id"), ("IDs", "id"),
+                  ("ids and names", "id, name"), ("names and ids", "name, id"),
+                  ("names and cities", "name, city"), ("names and tiers", "name, tier"),
+                  ("names and join dates", "name, joined_on"),
+                  ("names, cities and tiers", "name, city, tier")),
+    "products": (("skus", "sku"), ("SKUs", "sku"), ("SKU codes", "sku"),
+                 ("prices", "price_cents"), ("titles and prices", "title, price_cents"),
+                 ("names and prices", "title, price_cents"), ("skus and titles", "sku, title"),
+                 ("titles and skus", "title, sku"),
+                 ("titles, skus and prices", "title, sku, price_cents"),
+                 ("titles and categories", "title, category")),
+    "orders": (("ids and dates", "id, placed_on"), ("ids and statuses", "id, status"),
+               ("order numbers and placement dates", "id, placed_on"),
+               ("customer ids", "customer_id"), ("ids and customer ids", "id, customer_id"),
+               ("ids, statuses and dates", "id, status, placed_on"),
+               ("placement dates", "placed_on")),
+}
+LIST_COLS = ("! list the {cols} of the {np}", "? what are the {cols} of the {np}",
+             "- {cols} of all {np}", "! show me the {cols} of {np}",
+             "? can you give me the {cols} for the {np}", "- {np}, {cols} only",
+             "! pull up the {cols} of every one of the {np}", "? which {cols} do the {np} have",
+             "- the {cols} of {np}")
+
+
+def _list_cols(lists: tuple[str, ...]):
+    def build(x: Ctx):
+        table, np_fn, kinds = ROW_SETS[x.value(lists)]
+        phrase, where = np_fn(x, kinds)
+        words, cols = x.value(COLUMNS[table])
+        return {"np": phrase, "cols": words}, f"SELECT {cols} FROM {table} WHERE {where}"
+    return build
+
+
+for _fam, _name, _lists in (
+    ("text_filter", "list_columns_text", ("customers_text", "products_category", "orders_status")),
+    ("numeric_filter", "list_columns_price", ("products_price",)),
+    ("date_range", "list_columns_date", ("orders_date", "customers_joined")),
+):
+    intent(_fam, LIST_COLS, name=_name)(_list_cols(_lists))
 
 
 @intent("text_filter", ("! list the {np}", "? which orders are {s}", "- ids of {np}",
@@ -143,36 +192,6 @@ def list_orders_status(x: Ctx):
     s = x.value(x.f.statuses)
     np = x.pick((f"{s} orders", f"orders marked {s}", f"orders with status {s}"))
     return {"s": s, "np": np}, f"SELECT id FROM orders WHERE status = {lit(s)}"
-
-
-ATTRS = {"city": ("city", "home city"), "tier": ("tier", "plan"),
-         "joined_on": ("join date", "signup date")}
-
-
-@intent("text_filter", ("? what is the {attr} of {name}", "? what's {name}'s {attr}",
-                        "- {attr} for customer {name}", "! look up the {attr} of {name}",
-                        "- {name}: {attr}", "? do you know the {attr} of customer {name}",
-                        "! tell me {name}'s {attr}", "? which {attr} does {name} have",
-                        "! find the {attr} on file for {name}"))
-def customer_lookup(x: Ctx):
-    col = x.value(tuple(ATTRS))
-    name = x.value(x.f.names)
-    return ({"attr": x.value(ATTRS[col]), "name": name},
-            f"SELECT {col} FROM customers WHERE name = {lit(name)}")
-
-
-PROD_ATTRS = {"price_cents": ("price", "cost"), "category": ("category",), "sku": ("SKU",)}
-
-
-@intent("text_filter", ("? what is the {attr} of {title}", "? what's the {attr} of the {title}",
-                        "- {attr} of {title}", "! look up the {attr} for {title}",
-                        "- {title} {attr}", "? do you know the {attr} of the {title}",
-                        "! tell me the {attr} of {title}", "? what {attr} does {title} have",
-                        "! find the {attr} for the product {title}"))
-def product_lookup(x: Ctx):
-    col, title = x.value(tuple(PROD_ATTRS)), x.value(x.f.titles)
-    return ({"attr": x.value(PROD_ATTRS[col]), "title": title},
-            f"SELECT {col} FROM products WHERE title = {lit(title)}")
 
 
 @intent("numeric_filter", ("! list order lines with a quantity of {q}",
@@ -226,16 +245,6 @@ def price_stat(x: Ctx):
         np, where = prod_np(x, ("category",))
         where = f" WHERE {where}"
     return {"stat": x.value(STATS[fn]), "np": np}, f"SELECT {fn}(price_cents) FROM products{where}"
-
-
-@intent("aggregate", ("? how many units of {sku} have we sold", "- total units sold of {sku}",
-                      "! sum up the quantity ordered of {sku}",
-                      "? what's the total quantity ordered for SKU {sku}",
-                      "! tell me the total number of {sku} units sold",
-                      "- units of {sku} sold in total"))
-def units_of_sku(x: Ctx):
-    sku = x.value(x.f.sold_skus)
-    return {"sku": sku}, f"SELECT SUM(quantity) FROM order_lines WHERE sku = {lit(sku)}"
 
 
 @intent("aggregate", ("? what is the {stat} quantity on an order line",

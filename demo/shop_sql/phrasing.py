@@ -62,10 +62,12 @@ class Facts:
         self.cities = col("SELECT DISTINCT city FROM customers ORDER BY city")
         self.tiers = col("SELECT DISTINCT tier FROM customers ORDER BY tier")
         self.names = col("SELECT name FROM customers ORDER BY id")
+        self.customer_ids = col("SELECT id FROM customers ORDER BY id")
         self.buyers = col("SELECT DISTINCT c.name FROM customers c JOIN orders o "
                           "ON o.customer_id = c.id ORDER BY c.name")
         self.categories = col("SELECT DISTINCT category FROM products ORDER BY category")
         self.titles = col("SELECT title FROM products ORDER BY sku")
+        self.skus = col("SELECT sku FROM products ORDER BY sku")
         self.sold_skus = col("SELECT DISTINCT sku FROM order_lines ORDER BY sku")
         self.sold_titles = col("SELECT DISTINCT p.title FROM order_lines ol JOIN products p "
                                "ON p.sku = ol.sku ORDER BY p.title")

@@ -1,4 +1,5 @@
-"""`python -m demo.tune`: the tuning sweep trains with the real recipe and scores on held-out."""
+"""`python -m demo.tune`: the tuning sweep trains with the real recipe and scores on both
+held-out sets (the generated split and the hand-written questions)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from demo.shop_sql.generate import handwritten_examples
 from demo.story import DemoConfig
 from demo.tune import Run, demo_job, recipe_config, sweep
 
@@ -42,10 +44,16 @@ def test_sweep_trains_and_scores(base_model_dir, tmp_path):
     reports = sweep(base_model_dir, tmp_path, [Run("tiny", {"max_steps": 2, "lora_r": 4})],
                     base=True, cfg=cfg, say=lines.append)
     assert set(reports) == {"base", "tiny"}
-    assert all(r.total == 4 and 0.0 <= r.accuracy <= 1.0 for r in reports.values())
+    n_handwritten = len(handwritten_examples())
+    for scores in reports.values():  # both held-out sets, for the base model too
+        assert scores.heldout.total == 4 and scores.handwritten.total == n_handwritten
+        assert 0.0 <= scores.heldout.accuracy <= 1.0 and 0.0 <= scores.handwritten.accuracy <= 1.0
     assert lines[-1].startswith("== tiny {'max_steps': 2, 'lora_r': 4}")
+    assert "/4), hand-written " in lines[-1] and f"/{n_handwritten});" in lines[-1]
     job = json.loads((tmp_path / "tiny" / "job.json").read_text())["training"]
     assert (job["max_steps"], job["lora_r"], job["lora_alpha"]) == (2, 4, 8.0)
-    rows = [json.loads(line) for line in (tmp_path / "tiny" / "heldout.jsonl").open()]
-    assert len(rows) == 4 and {"correct", "gold", "sql"} <= set(rows[0])
+    for name, n in (("heldout", 4), ("handwritten", n_handwritten)):
+        rows = [json.loads(line) for line in (tmp_path / "tiny" / f"{name}.jsonl").open()]
+        assert len(rows) == n and {"correct", "gold", "sql"} <= set(rows[0])
+    assert (tmp_path / "base" / "handwritten.jsonl").is_file()
     assert (tmp_path / "tiny" / "adapter" / "adapter_model.safetensors").is_file()

@@ -6,15 +6,26 @@ import hashlib
 import json
 import re
 import sqlite3
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
 from demo.shop_sql.evaluate import execution_accuracy, extract_sql, run_query
-from demo.shop_sql.generate import FAMILIES, SYSTEM, generate_splits, main
+from demo.shop_sql.generate import (
+    FAMILIES,
+    HANDWRITTEN_SEED,
+    SYSTEM,
+    generate_splits,
+    handwritten_examples,
+    main,
+    write_dataset,
+)
 from demo.shop_sql.schema import build_database
 
 EXPECTED_FAMILIES = {"text_filter", "numeric_filter", "date_range", "count", "aggregate", "join2",
-                     "join3", "revenue", "group_by", "group_having", "top_n", "distinct", "never"}
+                     "join3", "revenue", "group_by", "group_having", "top_n", "distinct", "never",
+                     "lookup", "lookup_join", "quantity", "arg_extreme"}
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +88,138 @@ def test_dollars_in_questions_are_cents_in_sql(splits):
             assert str(round(float(amount) * 100)) in ex.sql, (ex.question, ex.sql)
             checked += 1
     assert checked > 50
+
+
+def _select_list(sql: str) -> str:
+    return sql[len("SELECT "):sql.index(" FROM ")]
+
+
+def _intent(ex) -> str:
+    return ex.template.split("#")[0]
+
+
+def assert_no_tie_under_limit(conn: sqlite3.Connection, sql: str) -> None:
+    """A `... ORDER BY key LIMIT n` answer whose n-th and (n+1)-th keys are equal is arbitrary."""
+    m = re.fullmatch(r"SELECT .+? FROM (.+) ORDER BY (.+?)( DESC)? LIMIT (\d+)", sql)
+    assert m, sql
+    body, key, desc, n = m.groups()
+    keys = [r[0] for r in conn.execute(
+        f"SELECT {key} FROM {body} ORDER BY {key}{desc or ''} LIMIT {int(n) + 1}")]
+    assert len(set(keys)) == len(keys), (sql, keys)
+
+
+def test_projection_follows_the_question(splits):
+    checked = 0
+    for ex in splits[0] + splits[1]:
+        cols = _select_list(ex.sql)
+        for word, col in (("skus", "sku"), ("ids", "id"), ("titles", "title"),
+                          ("prices", "price_cents"), ("quantities", "quantity")):
+            if re.search(rf"\b{word}\b", ex.question, re.IGNORECASE):
+                assert col in cols, (ex.question, ex.sql)
+                checked += 1
+        if _intent(ex).startswith("list_columns"):  # not the answer a bare "list the ..." gets
+            table = ex.sql.split(" FROM ")[1].split()[0]
+            default = {"customers": "name", "products": "title", "orders": "id"}[table]
+            assert cols != default, (ex.question, ex.sql)
+    assert checked > 50
+
+
+def test_units_are_summed_and_lines_counted(splits):
+    seen = set()
+    for ex in splits[0] + splits[1]:
+        name = _intent(ex)
+        if name in ("units_sold", "units_of_sku"):
+            assert re.search(r"SUM\((ol\.)?quantity\)", ex.sql), ex.sql
+            assert re.search(r"\b(units|items|quantit(y|ies))\b", ex.question, re.I), ex.question
+        elif name == "order_lines_count":
+            assert "COUNT(*)" in ex.sql and "SUM(" not in ex.sql, ex.sql
+            assert re.search(r"\b(order lines|line items|lines)\b", ex.question), ex.question
+        else:
+            continue
+        seen.add(name)
+    assert seen == {"units_sold", "units_of_sku", "order_lines_count"}
+
+
+def test_per_group_answers_carry_their_key(splits):
+    checked = 0
+    for ex in splits[0] + splits[1]:
+        if ex.family != "group_by":
+            continue
+        key = ex.sql.rsplit(" GROUP BY ", 1)[1]
+        assert _select_list(ex.sql).startswith(f"{key}, "), ex.sql
+        checked += 1
+    assert checked > 30
+
+
+def test_lookups_by_a_given_value_are_families(splits):
+    for ex in splits[0] + splits[1]:
+        if ex.family in ("lookup", "lookup_join"):
+            assert re.search(r" WHERE \S+ = ", ex.sql), ex.sql
+            value = re.search(r" WHERE \S+ = ('(?:[^']|'')*'|\d+)", ex.sql).group(1)
+            assert value.strip("'").replace("''", "'") in ex.question, (ex.question, ex.sql)
+    names = {_intent(e) for e in splits[0] if e.family in ("lookup", "lookup_join")}
+    assert {"order_lookup", "sku_lookup", "customer_lookup", "product_lookup",
+            "products_in_order", "customer_of_order", "orders_of_customer"} <= names
+
+
+def test_arg_extremes_rank_one_group_without_a_tie(db, splits):
+    conn = sqlite3.connect(db)
+    directions = set()
+    for ex in splits[0] + splits[1]:
+        if ex.family != "arg_extreme":
+            continue
+        assert " GROUP BY " in ex.sql and ex.sql.endswith(" LIMIT 1"), ex.sql
+        assert_no_tie_under_limit(conn, ex.sql)
+        directions.add(" DESC LIMIT" in ex.sql)
+    assert directions == {True, False}
+
+
+HANDWRITTEN_FIELDS = {"question", "sql", "family", "ordered", "template"}
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory):
+    """The database `make demo` builds, which the hand-written questions are about."""
+    return build_database(tmp_path_factory.mktemp("demo") / "shop.db", seed=HANDWRITTEN_SEED)
+
+
+def test_handwritten_set_is_valid_on_the_demo_database(demo_db):
+    rows = [json.loads(line) for line in
+            (Path(__file__).parents[2] / "demo" / "shop_sql" / "handwritten.jsonl").open()]
+    assert len(rows) >= 30
+    assert [asdict(e) for e in handwritten_examples()] == rows
+    conn = sqlite3.connect(demo_db)
+    for row in rows:
+        assert set(row) == HANDWRITTEN_FIELDS and row["template"] == "handwritten", row
+        assert row["family"] in FAMILIES, row
+        answer = conn.execute(row["sql"]).fetchall()
+        assert answer and all(v is not None for r in answer for v in r), row
+        if row["ordered"]:
+            assert " ORDER BY " in row["sql"], row
+        if " LIMIT " in row["sql"]:
+            assert_no_tie_under_limit(conn, row["sql"])
+    assert {r["family"] for r in rows} == EXPECTED_FAMILIES  # every kind of question
+    assert len({r["question"] for r in rows}) == len(rows)
+    train, _ = generate_splits(demo_db, 2000, 0, seed=HANDWRITTEN_SEED)  # the demo's train split
+    assert not {r["question"] for r in rows} & {e.question for e in train}
+
+
+def test_handwritten_eval_set_is_written_for_the_demo_seed_only(tmp_path):
+    said: list[str] = []
+    paths = write_dataset(tmp_path / "s0", 40, 20, seed=HANDWRITTEN_SEED, say=said.append)
+    gold = [json.loads(line) for line in paths["handwritten_gold"].open()]
+    items = [json.loads(line) for line in paths["handwritten_eval"].open()]
+    heldout_item = json.loads(paths["heldout_eval"].open().readline())
+    assert len(gold) == len(items) == len(handwritten_examples()) and not said
+    for g, item in zip(gold, items, strict=True):
+        assert set(item) == set(heldout_item)
+        assert item["input"][1]["content"] == g["question"] and item["sql"] == g["sql"]
+    report = execution_accuracy(paths["db"], [g["sql"] for g in gold], gold)
+    assert report.accuracy == 1.0
+
+    other = write_dataset(tmp_path / "s0", 40, 20, seed=1, say=said.append)
+    assert "handwritten_gold" not in other and "seed-0" in said[0]
+    assert not (tmp_path / "s0" / "handwritten_eval.jsonl").exists()
 
 
 def test_cli_writes_chat_records_and_gold(tmp_path):
