@@ -328,14 +328,23 @@ class TrainingConfig(BaseModel):
     neftune_noise_alpha: float = setting(
         0.0, section="hyperparameters", help="NEFTune noise alpha; 0 turns it off.", ge=0, le=100
     )
+    padding_free: bool = setting(
+        True,
+        section="hyperparameters",
+        help="Batch examples end to end with no pad tokens (position ids restart per example, "
+        "so attention stays within each); packing always batches this way.",
+    )
     gradient_checkpointing: bool = setting(
-        False, section="hyperparameters", help="Recompute activations to save memory."
+        False,
+        section="hyperparameters",
+        help="Recompute activations to save memory.",
+        default_text="false; turned on when the job would not fit in memory without it",
     )
     precision: Precision = setting(
         "fp32",
         section="hyperparameters",
         help="Training precision.",
-        default_text="bf16 on CUDA, fp32 on CPU",
+        default_text="bf16 on CUDA and on CPUs with AMX/AVX512-BF16, fp32 elsewhere",
     )
     seed: int = setting(42, section="hyperparameters", help="Random seed.", ge=0, lt=2**32)
     eval_steps: int = setting(

@@ -34,6 +34,7 @@ from services.trainer.export_spec import ExportConfig, export_config_from_proto,
 from services.trainer.memory import (
     MemoryEstimate,
     ModelShape,
+    checkpoint_if_needed,
     estimate_eval_memory,
     estimate_export_memory,
     estimate_memory,
@@ -112,6 +113,7 @@ class Admission:
         if config.evaluation is not None:
             pinned["evaluation"] = self.training_evaluation(config.evaluation)
         shape = ModelShape.from_config(model_config(model_dir, version_ref(model)))
+        config = checkpoint_if_needed(config, shape, self.device)
         check = require_fit if enforce_fit else estimate_memory
         estimate = check(config, shape, self.device)
         return Admitted(config.model_copy(update=pinned), estimate)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +30,51 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def cgroup_cpu_limit() -> int | None:
+    """Whole CPUs this container may use (cgroup v2 ``cpu.max``, rounded up), if limited. A
+    Kubernetes ``limits.cpu`` of 2 on a 64-core node is 2 here, while the affinity mask still
+    lists all 64."""
+    try:
+        quota, period = _read("/sys/fs/cgroup/cpu.max").split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def physical_cores(cpus: set[int]) -> int:
+    """Physical cores among ``cpus`` (hyper-threads of one core count once): torch's matmuls
+    gain nothing from a core's second thread and lose to the contention."""
+    cores = set()
+    for cpu in cpus:
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+        try:
+            cores.add((_read(topology + "physical_package_id"), _read(topology + "core_id")))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    return len(cores)
+
+
+def training_threads() -> tuple[int, str]:
+    """Intra-op threads for a CPU training process, and why: ``OMP_NUM_THREADS`` when the
+    operator set it; else the physical cores this process may run on, capped by the
+    container's CPU limit."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    cores = physical_cores(os.sched_getaffinity(0))
+    limit = cgroup_cpu_limit()
+    if limit is not None and limit < cores:
+        return limit, f"the container's CPU limit ({limit}; {cores} physical cores visible)"
+    return cores, "physical cores available to the worker"
 
 
 def probe_device() -> DeviceInfo:

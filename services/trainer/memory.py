@@ -187,6 +187,19 @@ def _capped(*terms: tuple[str, float]) -> tuple[tuple[str, int], ...]:
     return tuple((name, min(int(value), MAX_TERM_BYTES)) for name, value in terms)
 
 
+def checkpoint_if_needed(
+    config: TrainingConfig, shape: ModelShape, device: DeviceInfo
+) -> TrainingConfig:
+    """``config`` with gradient checkpointing turned on when the job does not fit in memory
+    without it and does with it; as given otherwise. Recomputing activations costs about a
+    third more compute, so it is never on by default where memory does not ask for it (TRL
+    turns it on always); the job's spec shows the choice."""
+    if config.gradient_checkpointing or estimate_memory(config, shape, device).fits:
+        return config
+    checkpointed = config.model_copy(update={"gradient_checkpointing": True})
+    return checkpointed if estimate_memory(checkpointed, shape, device).fits else config
+
+
 def require_fit(config: TrainingConfig, shape: ModelShape, device: DeviceInfo) -> MemoryEstimate:
     """The estimate, or ``FailedPrecondition`` saying how many GiB are missing and what to
     lower."""

@@ -91,7 +91,9 @@ def training_config_from_proto(
 
 def _precision(value: Precision | None, device: DeviceInfo) -> Precision:
     if value is None:
-        return "bf16" if device.cuda else "fp32"
+        # bf16 where the hardware runs it natively (CUDA, or a CPU with AMX / AVX512-BF16: ~1.4x
+        # faster than fp32 there); on plain AVX2 it is emulated and ~3x slower, so fp32.
+        return "bf16" if device.cuda or device.cpu_bf16 else "fp32"
     if not device.cuda:
         _require_device(
             value != "fp16",

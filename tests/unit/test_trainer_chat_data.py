@@ -3,6 +3,9 @@ whose first example would teach nothing or would train on the prompt."""
 
 from __future__ import annotations
 
+import itertools
+import json
+
 import pytest
 
 from services.common.errors import InvalidArgument
@@ -12,6 +15,7 @@ from services.trainer.recipes.chat_data import (
     to_messages,
     tokenize_chat_file,
     tokenize_conversation,
+    truncate_examples,
 )
 
 
@@ -89,3 +93,41 @@ def test_pretraining_text_is_packed_into_full_blocks(tokenizer, tmp_path):
     assert blocks and all(len(b["input_ids"]) == 16 for b in blocks)
     with pytest.raises(InvalidArgument, match="lower max_seq_length"):
         pack_text_file(path, tokenizer, block=100_000)
+
+
+def test_packed_blocks_keep_each_documents_boundaries(tokenizer, tmp_path):
+    """Each block's ``seq_lengths`` are its document pieces: they end right after an EOS (or
+    at the block's end), so the padding-free collator restarts positions at each document."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    path = tmp_path / "text.jsonl"
+    docs = ["one two three four five", "six seven", "eight nine ten eleven twelve thirteen"] * 4
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    blocks = pack_text_file(path, tokenizer, block=16)
+    eos = tokenizer.eos_token_id
+    for block in blocks:
+        assert sum(block["seq_lengths"]) == 16
+        ends = list(itertools.accumulate(block["seq_lengths"]))
+        assert all(block["input_ids"][end - 1] == eos for end in ends[:-1])
+        assert [i + 1 for i, t in enumerate(block["input_ids"]) if t == eos] == [
+            e for e in ends if block["input_ids"][e - 1] == eos
+        ]
+    assert any(len(b["seq_lengths"]) > 1 for b in blocks)
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    batch = collator([{**b, "labels": b["input_ids"]} for b in blocks[:2]])
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert (
+        starts
+        == [0, *itertools.accumulate(blocks[0]["seq_lengths"] + blocks[1]["seq_lengths"])][:-1]
+    )
+
+
+def test_examples_are_cut_to_max_seq_length_and_emptied_ones_dropped():
+    examples = [
+        {"input_ids": list(range(10)), "assistant_masks": [0] * 6 + [1] * 4},
+        {"input_ids": list(range(4)), "assistant_masks": [0, 1, 1, 1]},
+    ]
+    kept = truncate_examples(examples, 5, "x.jsonl")
+    assert kept == [{"input_ids": [0, 1, 2, 3], "assistant_masks": [0, 1, 1, 1]}]
+    with pytest.raises(InvalidArgument, match="max_seq_length=2"):
+        truncate_examples(examples[:1], 2, "x.jsonl")

@@ -14,6 +14,7 @@ from services.trainer.memory import (
     GIB,
     ModelShape,
     activation_bytes,
+    checkpoint_if_needed,
     estimate_memory,
     require_fit,
 )
@@ -122,6 +123,21 @@ def test_a_job_that_cannot_fit_says_by_how_much_and_what_to_lower():
     with pytest.raises(FailedPrecondition, match="lower max_seq_length") as huge:
         require_fit(config(batch_size=4096, max_seq_length=8192), SMOLLM2, CPU)
     assert huge.value.param == "training.hyperparameters.max_seq_length"
+
+
+def test_gradient_checkpointing_is_turned_on_only_when_memory_asks_for_it():
+    job = config(batch_size=16, max_seq_length=1024)
+    without = estimate_memory(job, SMOLLM2, CPU).peak_bytes
+    with_ = estimate_memory(job.model_copy(update={"gradient_checkpointing": True}), SMOLLM2, CPU)
+    assert with_.peak_bytes < without
+    roomy = DeviceInfo(cuda=False, gpu_count=0, memory_bytes=without + GIB, name="cpu")
+    tight = DeviceInfo(cuda=False, gpu_count=0, memory_bytes=with_.peak_bytes + 1, name="cpu")
+    hopeless = DeviceInfo(cuda=False, gpu_count=0, memory_bytes=with_.peak_bytes // 2, name="cpu")
+    assert checkpoint_if_needed(job, SMOLLM2, roomy) is job  # fits: no recompute cost
+    assert checkpoint_if_needed(job, SMOLLM2, tight).gradient_checkpointing
+    assert estimate_memory(checkpoint_if_needed(job, SMOLLM2, tight), SMOLLM2, tight).fits
+    # Not even checkpointing fits: left as asked, so require_fit names what to lower.
+    assert checkpoint_if_needed(job, SMOLLM2, hopeless) is job
 
 
 # Llama-3.1-405B's config.json: the largest shape the estimate is likely to meet.

@@ -34,6 +34,11 @@ def test_defaults_are_applied():
     assert (c.learning_rate, c.epochs, c.batch_size, c.max_seq_length) == (2e-4, 3.0, 8, 512)
     assert (c.save_steps, c.seed, c.warmup_ratio, c.precision) == (50, 42, 0.03, "fp32")
     assert training_config_from_proto(spec(), GPU).precision == "bf16"
+    amx = DeviceInfo(cuda=False, gpu_count=0, memory_bytes=24 * 2**30, name="cpu", cpu_bf16=True)
+    assert training_config_from_proto(spec(), amx).precision == "bf16"  # native bf16 CPU
+    assert c.padding_free and not c.gradient_checkpointing
+    padded = training_config_from_proto(spec(hp={"padding_free": False}), CPU)
+    assert not padded.padding_free  # an explicit false is kept (the field has presence)
     full = training_config_from_proto(spec(method=trainer_pb2.METHOD_FULL), CPU)
     assert full.learning_rate == 2e-5 and full.output_kind == "model"
 

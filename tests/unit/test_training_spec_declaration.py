@@ -51,6 +51,7 @@ EVERY_SETTING_CHANGED = dict(
     max_seq_length=256,
     packing=True,
     neftune_noise_alpha=5.0,
+    padding_free=False,
     gradient_checkpointing=True,
     precision="bf16",
     seed=0,

@@ -11,6 +11,7 @@ labels, truncates and packs them itself.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -154,24 +155,60 @@ def tokenize_chat_file(
         for n, row in enumerate(rows, 1)
     ]
     check_assistant_mask(examples[0], max_seq_length, train_on_prompt)
-    return examples
+    return truncate_examples(examples, max_seq_length, path.name, param)
+
+
+def truncate_examples(
+    examples: list[dict], max_seq_length: int, name: str, param: str = "training.dataset"
+) -> list[dict]:
+    """Each example cut to its first ``max_seq_length`` tokens, and those left with no token
+    to train on dropped, as TRL's own truncation does; done here because TRL does not truncate
+    padding-free batches."""
+    kept = []
+    for example in examples:
+        cut = {key: value[:max_seq_length] for key, value in example.items()}
+        if any(cut["assistant_masks"]):
+            kept.append(cut)
+    if not kept:
+        raise _bad(
+            f"{name}: no example has an assistant token within max_seq_length={max_seq_length}; "
+            "raise max_seq_length or shorten the prompts",
+            param,
+        )
+    return kept
 
 
 def pack_text_file(
     path: Path, tokenizer, block: int, param: str = "training.dataset"
 ) -> list[dict]:
-    """Continued pretraining data: ``{"text": ...}`` rows, EOS-joined and cut into full blocks."""
+    """Continued pretraining data: ``{"text": ...}`` rows, EOS-joined and cut into full blocks.
+
+    Each block carries ``seq_lengths``, the lengths of the document pieces it holds (a document
+    cut by a block boundary continues in the next block as a piece of its own): TRL's
+    padding-free collator restarts position ids at each piece, so a document never attends to
+    the one before it in the block."""
     ids: list[int] = []
+    ends: list[int] = []  # where each document (with its EOS) ends in ``ids``
     for n, row in enumerate(read_jsonl(path, param), 1):
         if not isinstance(row.get("text"), str):
             raise _bad(f'example {n} has no string `text`; write {{"text": "..."}} per line', param)
         ids.extend(tokenizer(row["text"], add_special_tokens=False)["input_ids"])
         ids.append(tokenizer.eos_token_id)
-    blocks = [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]
+        ends.append(len(ids))
+    blocks = []
+    for start in range(0, len(ids) - block + 1, block):
+        stop = start + block
+        cuts = [start, *(e for e in ends if start < e < stop), stop]
+        blocks.append(
+            {
+                "input_ids": ids[start:stop],
+                "seq_lengths": [b - a for a, b in itertools.pairwise(cuts)],
+            }
+        )
     if not blocks:
         raise _bad(
             f"{path.name} has {len(ids)} tokens, fewer than one block of max_seq_length={block}; "
             "add text or lower max_seq_length",
             param,
         )
-    return [{"input_ids": b} for b in blocks]
+    return blocks

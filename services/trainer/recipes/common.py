@@ -16,8 +16,10 @@ from transformers.integrations import TensorBoardCallback
 
 from services.common.errors import TuneplexError
 from services.trainer.checkpoints import clear_staging, commit_checkpoint, latest_checkpoint
+from services.trainer.device import training_threads
 from services.trainer.recipes.report import write_report
 from services.trainer.recipes.tracking import RUNS_DIR, choose_trackers
+from services.trainer.recipes.trained_positions import score_trained_positions_only
 from services.trainer.spec import TrainingConfig
 from services.trainer.worker.protocol import emit, exit_for
 
@@ -65,6 +67,24 @@ def torch_dtype(config: TrainingConfig):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
 
 
+def attention_implementation(config: TrainingConfig) -> str:
+    """flash-attention 2 on CUDA when it is installed and the weights are half precision (its
+    varlen kernel takes padding-free batches as they are); else PyTorch's sdpa, for which
+    transformers builds a block-diagonal causal mask from the restarting position ids."""
+    import importlib.util
+
+    import torch
+
+    if (
+        config.num_gpus > 0
+        and torch.cuda.is_available()
+        and config.precision in ("bf16", "fp16")
+        and importlib.util.find_spec("flash_attn") is not None
+    ):
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def load_model(config: TrainingConfig, model_dir: Path):
     """The base model in the spec's precision (4-bit NF4 for qlora), wrapped in PEFT for
     adapters."""
@@ -72,7 +92,7 @@ def load_model(config: TrainingConfig, model_dir: Path):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": torch_dtype(config)}
+    kwargs = {"dtype": torch_dtype(config), "attn_implementation": attention_implementation(config)}
     if config.method == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -149,8 +169,10 @@ def sft_args(
         warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of total steps
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
-        max_length=config.max_seq_length,
-        packing=packing,  # the recipe decides (continued pretraining always packs)
+        # TRL truncates only padded batches; ``chat_data.truncate_examples`` has cut every
+        # example already, and packing needs the length as its bin size.
+        max_length=config.max_seq_length if packing or not config.padding_free else None,
+        packing=packing,  # the recipe decides (continued pretraining packs by itself)
         neftune_noise_alpha=config.neftune_noise_alpha or None,
         bf16=config.precision == "bf16",
         fp16=config.precision == "fp16",
@@ -252,6 +274,71 @@ def prepare_checkpoints(checkpoint_dir: Path) -> tuple[Path, str | None]:
     return staging, str(last.path) if last else None
 
 
+def use_training_threads() -> dict[str, Any]:
+    """Set this process's torch threads for training (``device.training_threads``); returns
+    the report's entry."""
+    import torch
+
+    threads, because = training_threads()
+    torch.set_num_threads(threads)
+    return {"value": threads, "because": because}
+
+
+def runtime_choices(config: TrainingConfig, model, *, packing: bool) -> dict[str, Any]:
+    """What this run trains with and why, for the report's ``runtime`` (each a default the
+    trainer picked unless the spec set it)."""
+    if packing:
+        batching = "packed (best-fit decreasing), position ids restart per example"
+    elif config.padding_free:
+        batching = "padding-free: examples end to end, position ids restart per example"
+    else:
+        batching = "padded to the longest example of each batch (padding_free false)"
+    return {
+        "precision": config.precision,
+        "attention": getattr(model.config, "_attn_implementation", None) or "sdpa",
+        "batching": batching,
+        "lm_head": "trained positions only (labels != -100), tiled, no full logits",
+        "gradient_checkpointing": config.gradient_checkpointing,
+    }
+
+
+def build_trainer(
+    config: RecipeConfig,
+    model,
+    tokenizer,
+    train_rows: list[dict],
+    eval_rows: list[dict] | None,
+    *,
+    packing: bool,
+    staging: Path,
+    callbacks: list,
+    report_to: list[str] | None = None,
+):
+    """The ``SFTTrainer`` a recipe trains with: the spec's arguments, tuneplex's batching and
+    its LM head on trained positions only. Tests build it too, to check those numbers."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    score_trained_positions_only()
+    t = config.training
+    return SFTTrainer(
+        model=model,
+        args=sft_args(
+            t,
+            staging,
+            has_eval=bool(eval_rows),
+            packing=packing,
+            deepspeed=config.deepspeed_config,
+            report_to=report_to,
+        ),
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        optimizers=(make_optimizer(t, model), None),
+    )
+
+
 def fit(
     config: RecipeConfig,
     output: Path,
@@ -263,9 +350,7 @@ def fit(
     packing: bool,
 ) -> dict:
     """Train with TRL's SFTTrainer from the newest complete checkpoint, save, report."""
-    from datasets import Dataset
     from transformers import EarlyStoppingCallback
-    from trl import SFTTrainer
 
     started = time.monotonic()
     t = config.training
@@ -281,21 +366,21 @@ def fit(
     callbacks: list = [events, TensorBoardEvents(output / RUNS_DIR)]
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_args(
-            t,
-            staging,
-            has_eval=bool(eval_rows),
-            packing=packing,
-            deepspeed=config.deepspeed_config,
-            report_to=trackers.report_to,
-        ),
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-        processing_class=tokenizer,
+    runtime = {"threads": use_training_threads()} if t.num_gpus == 0 else {}
+    runtime |= runtime_choices(t, model, packing=packing)
+    emit(
+        "log", message="training with " + "; ".join(f"{k}: {_shown(v)}" for k, v in runtime.items())
+    )
+    trainer = build_trainer(
+        config,
+        model,
+        tokenizer,
+        train_rows,
+        eval_rows,
+        packing=packing,
+        staging=staging,
         callbacks=callbacks,
-        optimizers=(make_optimizer(t, model), None),
+        report_to=trackers.report_to,
     )
     train_output = trainer.train(resume_from_checkpoint=resume)
     if eval_rows and not any("eval_loss" in h for h in trainer.state.log_history[-3:]):
@@ -315,9 +400,14 @@ def fit(
         tokens_seen=tokens,
         started=started,
         first_step=events.first_step,
+        choices=runtime,
     )
     emit("result", metrics=report["metrics"])
     return report
+
+
+def _shown(value: Any) -> str:
+    return f"{value['value']} ({value['because']})" if isinstance(value, dict) else str(value)
 
 
 def name_base_model(output: Path, local_dir: Path, ref: str) -> None:

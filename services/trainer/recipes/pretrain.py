@@ -3,7 +3,9 @@
     python -m services.trainer.recipes.pretrain --config job.json --output DIR
 
 Every token is trained on; rows are EOS-joined and cut into ``max_seq_length`` blocks, so no
-padding is wasted. The base model gets a LoRA adapter (settings as for SFT).
+padding is wasted, and (``padding_free``, the default) position ids restart at each document so
+documents sharing a block do not attend to each other. The base model gets a LoRA adapter
+(settings as for SFT).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def run(config: RecipeConfig, output: Path) -> dict:
         )
     emit("log", message=f"{len(train_rows)} blocks of {t.max_seq_length} tokens")
     model = load_model(t, config.model_dir)
-    # Blocks are already full: TRL's packing would only re-cut them.
+    # Blocks are already full: TRL's packing would only re-cut them (their ``seq_lengths`` keep
+    # the document boundaries for the padding-free collator).
     return fit(config, output, model, tokenizer, train_rows, eval_rows, packing=False)
 
 

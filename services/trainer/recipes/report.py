@@ -111,11 +111,13 @@ def write_report(
     tokens_seen: int,
     started: float,
     first_step: int = 0,
+    choices: dict | None = None,
 ) -> dict:
     """``training_report.json`` + ``loss_curve.png`` beside the saved weights."""
     wall = time.monotonic() - started
     runtime = train_output.metrics.get("train_runtime") or wall
     metrics = final_metrics(trainer.state.log_history, train_output)
+    metrics["train_runtime_seconds"] = float(runtime)
     metrics["tokens_per_second"] = tokens_seen / runtime if runtime else 0.0
     metrics["steady_tokens_per_second"] = steady_tokens_per_second(
         trainer.state.log_history, first_step
@@ -130,6 +132,9 @@ def write_report(
         "dataset_sha256": sha256_file(config.train_file),
         "validation_dataset_sha256": sha256_file(config.eval_file) if config.eval_file else None,
         "hardware": hardware(),
+        # What the trainer chose for this device (threads, precision, attention kernel,
+        # batching, LM head, gradient checkpointing) and why.
+        "runtime": choices or {},
         "steps": trainer.state.global_step,
         "metrics": metrics,
         "loss_history": loss_history(trainer.state.log_history),

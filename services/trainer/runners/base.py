@@ -22,4 +22,3 @@ class Runner(Protocol):
     async def start(
         self, job_id: str, job_dir: Path, num_gpus: int, zero_stage: int, attempt: int = 1
     ) -> WorkerHandle: ...
-
