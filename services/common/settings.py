@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,3 +59,22 @@ class ServiceSettings(BaseSettings):
 
     def api_key_value(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key else None
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def settings_or_exit(cls: type[SettingsT], service: str) -> SettingsT:
+    """``cls()`` from the environment, or, for an operator's mistake, one line on stderr naming
+    each variable at fault and what is wrong with it, and exit status 2 (never a traceback)."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        problems = "; ".join(
+            (f"{prefix}{error['loc'][0]}".upper() + ": " if error["loc"] else "")
+            + error["msg"]
+            for error in exc.errors()
+        )
+        print(f"{service}: invalid settings: {problems}", file=sys.stderr)
+        sys.exit(2)

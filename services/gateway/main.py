@@ -7,12 +7,13 @@ import logging
 import uvicorn
 
 from services.common.logs import configure_logging
+from services.common.settings import settings_or_exit
 from services.gateway.app import build_app
 from services.gateway.settings import GatewaySettings
 
 
 def main() -> None:
-    settings = GatewaySettings()
+    settings = settings_or_exit(GatewaySettings, "gateway")
     configure_logging(settings.log_level, settings.log_json)
     # httpx logs every request at INFO: the engines' health polls would drown the log.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -8,12 +8,12 @@ import signal
 import sys
 
 from grpc_health.v1 import health_pb2
-from pydantic import ValidationError
 
 from services.common.errors import InvalidArgument, TuneplexError
 from services.common.grpc_server import build_server
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
+from services.common.settings import settings_or_exit
 from services.registry.artifacts import ArtifactRegistry
 from services.registry.gc import run_gc_forever
 from services.registry.metadata import MetadataStore
@@ -77,11 +77,7 @@ async def serve(settings: RegistrySettings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = RegistrySettings()
-    except ValidationError as exc:
-        print(f"registry: invalid settings: {exc}", file=sys.stderr)
-        sys.exit(2)
+    settings = settings_or_exit(RegistrySettings, "registry")
     configure_logging(settings.log_level, settings.log_json)
     try:
         asyncio.run(serve(settings))

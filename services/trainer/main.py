@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 
 from grpc_health.v1 import health_pb2
-from pydantic import ValidationError
 
 from services.common.grpc_server import build_server
 from services.common.logs import configure_logging
 from services.common.metrics import start_metrics_server
+from services.common.settings import settings_or_exit
 from services.common.stubs import trainer_pb2, trainer_pb2_grpc
 from services.trainer.admission import Admission
 from services.trainer.artifacts import RegistryPullCache
@@ -126,10 +125,6 @@ async def serve(settings: TrainerSettings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = TrainerSettings()
-    except ValidationError as exc:
-        print(f"trainer: invalid settings: {exc}", file=sys.stderr)
-        sys.exit(2)
+    settings = settings_or_exit(TrainerSettings, "trainer")
     configure_logging(settings.log_level, settings.log_json)
     asyncio.run(serve(settings))

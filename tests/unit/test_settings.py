@@ -56,3 +56,29 @@ def test_bearer_accepted(header):
 
 def test_no_key_configured_lets_everyone_in():
     check_bearer(None, None)
+
+
+@pytest.mark.parametrize("service", ["registry", "trainer", "gateway"])
+def test_a_bad_setting_is_one_line_and_exit_2_for_every_service(service, tmp_path):
+    """An operator's typo in a setting: each service says which variable and why, in one line
+    on stderr, and exits 2; no traceback (the gateway printed one)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    variable = f"TUNEPLEX_{service.upper()}_PORT"
+    env = {**os.environ, variable: "eighty", "TUNEPLEX_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", f"services.{service}"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith(f"{service}: invalid settings: {variable}: ")
+    assert "integer" in lines[0]
