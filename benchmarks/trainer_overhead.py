@@ -202,12 +202,11 @@ def direct_trl(mode: str, args, model_dir: Path, rows: Path, work: Path, env: di
     return result["metrics"]
 
 
-def pretokenized(chats: Path, model_dir: Path, seq: int) -> list[dict]:
+def pretokenized(chats: Path, tokenizer, seq: int) -> list[dict]:
     """The chats as tuneplex's recipe tokenizes them (chat template, assistant masks)."""
     from services.trainer.recipes.chat_data import tokenize_chat_file
-    from services.trainer.recipes.sft import load_tokenizer
 
-    return tokenize_chat_file(chats, load_tokenizer(model_dir), seq, False)
+    return tokenize_chat_file(chats, tokenizer, seq, False)
 
 
 def eval_loss(model_dir: Path, adapter: Path, rows: list[dict], batch: int = 8) -> float:
@@ -253,8 +252,11 @@ def speed(args, config: TrainingConfig, model_dir: Path, work: Path, env: dict) 
     data = work / "shop-sql"
     write_dataset(data, args.steps * args.batch, 100, 0)
     train = data / "train.jsonl"
-    rows = write_jsonl(pretokenized(train, model_dir, args.seq), work / "train-rows.jsonl")
-    heldout = pretokenized(data / "heldout.jsonl", model_dir, args.seq)
+    from services.trainer.recipes.sft import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    rows = write_jsonl(pretokenized(train, tokenizer, args.seq), work / "train-rows.jsonl")
+    heldout = pretokenized(data / "heldout.jsonl", tokenizer, args.seq)
     # Every run sees the same steps x batch examples, once (the dataset is that size).
     save_at_end = {"save_steps": 1_000_000}
     runs = {

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import trl.trainer.utils as _trl_utils
 
-# The TRL function this replaces, kept for the name check below and for tests.
-_TRL_CHOICE = _trl_utils._use_triton
-
 
 def _compact_everywhere(device) -> bool:
     """Project only trained positions: what TRL does on CUDA, now also on the CPU."""
