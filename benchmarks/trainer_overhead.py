@@ -72,8 +72,9 @@ trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(loa
 out = trainer.train()
 trainer.save_model(cfg["out"])
 logs = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" in h]
+# After the first step (its warm-up excluded); 0 with a single logged step.
 steady = (logs[-1]["num_input_tokens_seen"] - logs[0]["num_input_tokens_seen"]) / (
-    float(logs[-1]["train_runtime"]) - float(logs[0]["train_runtime"]))
+    float(logs[-1]["train_runtime"]) - float(logs[0]["train_runtime"])) if len(logs) > 1 else 0.0
 result = {"tokens_per_second": trainer.state.num_input_tokens_seen / out.metrics["train_runtime"],
           "steady_tokens_per_second": steady,
           "train_runtime_seconds": out.metrics["train_runtime"]}
