@@ -39,6 +39,8 @@ from tests.helpers.gateway_process import start_gateway  # noqa: E402
 from tests.helpers.registry_process import start_registry  # noqa: E402
 from tests.helpers.trainer_process import start_trainer, wait_for_final  # noqa: E402
 
+# Metrics off: a benchmark's registry must not take the default metrics port (9090).
+NO_REGISTRY_METRICS = {"TUNEPLEX_REGISTRY_METRICS_PORT": "0"}
 BASE = "smollm2-135m-instruct"
 GRADER = json.loads((REPO / "demo" / "shop_sql" / "grader.json").read_text())
 
@@ -104,7 +106,7 @@ def main() -> None:
         base_dir = import_model(BASE, home=REPO / ".tuneplex-test").path
         data = write_dataset(work / "data", n_train=0, n_heldout=args.items, seed=0)
         items = [json.loads(line) for line in Path(data["heldout_eval"]).open()]
-        registry = start_registry(work / "registry")
+        registry = start_registry(work / "registry", env=NO_REGISTRY_METRICS)
         procs.append(registry)
         REGISTRY.append(registry.target)
         with RegistryClient(registry.target) as client:
@@ -121,7 +123,8 @@ def main() -> None:
         procs.append(gateway)
         gateway.wait_healthy(timeout=600)
         trainer = start_trainer(work / "trainer", registry.target,
-                                env={"TUNEPLEX_TRAINER_GATEWAY_URL": gateway.url})
+                                env={"TUNEPLEX_TRAINER_GATEWAY_URL": gateway.url,
+                                     "TUNEPLEX_TRAINER_METRICS_PORT": "0"})
         procs.append(trainer)
 
         asyncio.run(raw_vllm(vllm_url, items[:8], args.concurrency, 8))  # warm the engine

@@ -32,25 +32,20 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from services.client.processes import free_port  # noqa: E402
 from tests.helpers.gateway_process import start_gateway  # noqa: E402
 from tests.helpers.lora import make_lora_adapter  # noqa: E402
 from tests.helpers.registry_process import start_registry  # noqa: E402
 
+# Metrics off: a benchmark's registry must not take the default metrics port (9090).
+NO_REGISTRY_METRICS = {"TUNEPLEX_REGISTRY_METRICS_PORT": "0"}
 BASE = "smollm2-135m-instruct"
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROMPT = "Write a short story about a robot who learns to paint."
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_vllm(model_dir: Path, log: Path, max_loras: int) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
@@ -156,7 +151,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="tuneplex-bench-gw-"))
     base_dir = import_model(BASE, home=REPO / ".tuneplex-test").path
-    registry = start_registry(work / "registry")
+    registry = start_registry(work / "registry", env=NO_REGISTRY_METRICS)
     vllm = gateway = None
     client = RegistryClient(registry.target)
     try:

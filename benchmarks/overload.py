@@ -38,6 +38,8 @@ from tests.helpers.gateway_process import start_gateway  # noqa: E402
 from tests.helpers.lora import make_lora_adapter  # noqa: E402
 from tests.helpers.registry_process import start_registry  # noqa: E402
 
+# Metrics off: a benchmark's registry must not take the default metrics port (9090).
+NO_REGISTRY_METRICS = {"TUNEPLEX_REGISTRY_METRICS_PORT": "0"}
 BASE = "smollm2-135m-instruct"
 ADAPTER = "overload-lora"
 PROMPT = "Write a short story about a robot who learns to paint."
@@ -128,7 +130,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="tuneplex-bench-overload-"))
     base_dir = import_model(BASE, home=REPO / ".tuneplex-test").path
-    registry = start_registry(work / "registry")
+    registry = start_registry(work / "registry", env=NO_REGISTRY_METRICS)
     client = RegistryClient(registry.target)
     vllm = None
     gateways = []

@@ -25,6 +25,8 @@ from services.client.registry import RegistryClient  # noqa: E402
 from tests.helpers.registry_artifacts import TINY_MODEL, write_adapter, write_model  # noqa: E402
 from tests.helpers.registry_process import start_moto_s3, start_registry  # noqa: E402
 
+# Metrics off: a benchmark's registry must not take the default metrics port (9090).
+NO_REGISTRY_METRICS = {"TUNEPLEX_REGISTRY_METRICS_PORT": "0"}
 CHUNK = 2 * 1024 * 1024
 
 
@@ -91,7 +93,10 @@ def main() -> None:
         adapter = write_adapter(work / "adapter", size_bytes=args.mb * 1000 * 1000)
         weights = adapter / "adapter_model.safetensors"
         size = sum(p.stat().st_size for p in adapter.iterdir())
-        server = start_registry(work / "home", env=s3.registry_env(bucket="tuneplex-bench"))
+        server = start_registry(
+            work / "home",
+            env={**s3.registry_env(bucket="tuneplex-bench"), **NO_REGISTRY_METRICS},
+        )
         client = RegistryClient(server.target)
         client.push("model", TINY_MODEL, write_model(work / "model"))
         raw = s3.minio()

@@ -42,6 +42,9 @@ from services.trainer.spec import TrainingConfig  # noqa: E402
 from services.trainer.worker.protocol import EVENT_PREFIX  # noqa: E402
 from tests.helpers.sample_data import chat_examples, write_jsonl  # noqa: E402
 
+# Metrics off: a benchmark's registry must not take the default metrics port (9090).
+NO_REGISTRY_METRICS = {"TUNEPLEX_REGISTRY_METRICS_PORT": "0"}
+
 # Raw TRL on pre-tokenized rows (input_ids + assistant_masks: TRL builds the labels from the
 # mask itself), so both sides train on the same tokens. "shipped" keeps SFTConfig's defaults
 # for precision and checkpointing; "fp32" turns both off, as tuneplex's CPU spec does.
@@ -311,7 +314,7 @@ def overhead(config: TrainingConfig, model_dir: Path, data: Path, work: Path, en
 
     py = sys.executable
     # The worker (through a real registry) vs the same recipe run directly.
-    registry = start_registry(work / "registry")
+    registry = start_registry(work / "registry", env=NO_REGISTRY_METRICS)
     try:
         with RegistryClient(registry.target) as client:
             client.push("model", "smollm2-135m-instruct", model_dir)

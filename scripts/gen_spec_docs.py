@@ -54,8 +54,9 @@ def render() -> str:
         "`demo.tune` runs and of the SDK's `training_spec(**settings)`), travels in one field of",
         "`tuneplex.trainer.v1.TrainingSpec` (its path is the `param` of an error about it) and is",
         "a `tuneplex jobs create` flag. On the wire a zero value (0, empty, false) means the",
-        "default, except for `optional` fields (`lora.dropout`, `warmup_ratio`, `seed`), where 0",
-        "is a value. Every number must be finite and within its range.",
+        "default, except for `optional` fields (`lora.dropout`, `warmup_ratio`, `seed`,",
+        "`padding_free`, `num_gpus`), where 0 (or false) is a value. Every number must be finite",
+        "and within its range.",
         "",
     ]
     for section, title in TITLES.items():

@@ -7,20 +7,17 @@ code users run, so a second `make test` reuses it.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
+from services.client.processes import free_port
+
+__all__ = ["BASE_MODEL", "TEST_CACHE", "free_port"]
+
 REPO = Path(__file__).resolve().parent.parent
 TEST_CACHE = Path(os.environ.get("TUNEPLEX_TEST_CACHE", REPO / ".tuneplex-test"))
 BASE_MODEL = "smollm2-135m-instruct"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

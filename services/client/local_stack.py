@@ -6,24 +6,34 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import grpc
-import httpx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.client.config import (
     DEFAULT_GATEWAY_PORT,
     DEFAULT_REGISTRY_PORT,
     DEFAULT_TRAINER_PORT,
 )
-from services.common.errors import NotFound, Unavailable
+from services.client.processes import (
+    ServiceProcess,
+    module_argv,
+    spawn,
+    wait_grpc_healthy,
+    wait_http_healthy,
+)
+from services.common.errors import NotFound
+
+__all__ = [
+    "ServiceProcess",
+    "StackPorts",
+    "running_pid",
+    "start_all",
+    "start_service",
+    "stop_services",
+    "wait_grpc_healthy",
+    "wait_http_healthy",
+]
 
 
 @dataclass(frozen=True)
@@ -31,13 +41,6 @@ class StackPorts:
     registry: int = DEFAULT_REGISTRY_PORT
     trainer: int = DEFAULT_TRAINER_PORT
     gateway: int = DEFAULT_GATEWAY_PORT
-
-
-@dataclass(frozen=True)
-class ServiceProcess:
-    name: str
-    pid: int
-    log: Path
 
 
 def run_dir(home: Path) -> Path:
@@ -62,76 +65,18 @@ def running_pid(home: Path, name: str) -> int | None:
 def start_service(home: Path, name: str, env: Mapping[str, str]) -> ServiceProcess:
     """Start ``python -m services.<name>`` detached, in its own session so that `stop` can end
     it with everything it started (vLLM engines, job workers)."""
-    if pid := running_pid(home, name):
-        return ServiceProcess(name, pid, run_dir(home) / f"{name}.log")
-    run_dir(home).mkdir(parents=True, exist_ok=True)
     log = run_dir(home) / f"{name}.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
-            env={**os.environ, "TUNEPLEX_HOME": str(home), **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    if pid := running_pid(home, name):
+        return ServiceProcess(name, pid, log, group=True)
+    proc = spawn(
+        name,
+        module_argv(f"services.{name}"),
+        {**os.environ, "TUNEPLEX_HOME": str(home), **env},
+        log,
+        new_session=True,
+    )
     _pid_file(home, name).write_text(str(proc.pid))
-    return ServiceProcess(name, proc.pid, log)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return ""
-
-
-def wait_grpc_healthy(proc: ServiceProcess, target: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            _ensure_alive(proc)
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.5)
-    raise Unavailable(
-        f"{proc.name} did not become healthy in {timeout:.0f}s; log {proc.log}:\n" + _tail(proc.log)
-    )
-
-
-def wait_http_healthy(proc: ServiceProcess, url: str, timeout: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _ensure_alive(proc)
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise Unavailable(
-        f"{proc.name} did not become healthy in {timeout:.0f}s; log {proc.log}:\n" + _tail(proc.log)
-    )
-
-
-def _ensure_alive(proc: ServiceProcess) -> None:
-    try:
-        pid, status = os.waitpid(proc.pid, os.WNOHANG)
-    except ChildProcessError:  # not our child (started by an earlier command): probe it
-        try:
-            os.kill(proc.pid, 0)
-            return
-        except ProcessLookupError:
-            pid, status = proc.pid, 0
-    if pid:
-        raise Unavailable(
-            f"{proc.name} exited (status {status}); log {proc.log}:\n" + _tail(proc.log)
-        )
+    return proc
 
 
 def stop_services(home: Path, names: list[str], timeout: float = 20.0) -> list[str]:
@@ -139,23 +84,10 @@ def stop_services(home: Path, names: list[str], timeout: float = 20.0) -> list[s
     stopped = []
     for name in names:
         pid = running_pid(home, name)
-        if pid is None:
-            _pid_file(home, name).unlink(missing_ok=True)
-            continue
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and running_pid(home, name):
-            time.sleep(0.2)
-        if running_pid(home, name):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if pid is not None:
+            ServiceProcess(name, pid, run_dir(home) / f"{name}.log", group=True).stop(timeout)
+            stopped.append(name)
         _pid_file(home, name).unlink(missing_ok=True)
-        stopped.append(name)
     return stopped
 
 

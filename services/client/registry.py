@@ -13,6 +13,7 @@ from pathlib import Path
 from services.client.grpc_channel import AsyncClient, BlockingClient, domain_errors
 from services.client.transfer import (
     KINDS,
+    FileReader,
     PullWriter,
     file_entry,
     file_requests,
@@ -28,6 +29,10 @@ __all__ = ["KINDS", "AsyncRegistryClient", "RegistryClient", "kind_label", "kind
 
 def _ref_request(cls, kind: str, ref: str):
     return cls(kind=kind_value(kind), ref=ref)
+
+
+def _file_request(kind: str, ref: str, path: str) -> registry_pb2.DownloadArtifactRequest:
+    return registry_pb2.DownloadArtifactRequest(kind=kind_value(kind), ref=ref, paths=[path])
 
 
 def _promote_request(
@@ -125,6 +130,23 @@ class RegistryClient(BlockingClient):
         finally:
             call.cancel()  # a no-op once complete; stops the stream after a local error
             writer.close()
+
+    def read_file(self, kind: str, ref: str, path: str) -> bytes:
+        """The bytes of one file of ``ref`` (e.g. a model's ``config.json``), verified against
+        the manifest's sha256, without downloading the rest; NotFound naming ``path`` if the
+        version has no such file. Held in memory: meant for metadata files."""
+        reader = FileReader(path)
+        call = self._stub.DownloadArtifact(_file_request(kind, ref, path), metadata=self._metadata)
+        try:
+            with domain_errors():
+                for message in call:
+                    if message.WhichOneof("payload") == "version":
+                        reader.start(message.version)
+                    else:
+                        reader.chunk(message.chunk)
+            return reader.finish()
+        finally:
+            call.cancel()
 
     def resolve(self, kind: str, ref: str) -> registry_pb2.ArtifactVersion:
         request = _ref_request(registry_pb2.ResolveArtifactRequest, kind, ref)
@@ -254,6 +276,20 @@ class AsyncRegistryClient(AsyncClient):
         finally:
             call.cancel()
             await asyncio.to_thread(writer.close)
+
+    async def read_file(self, kind: str, ref: str, path: str) -> bytes:
+        reader = FileReader(path)
+        call = self._stub.DownloadArtifact(_file_request(kind, ref, path), metadata=self._metadata)
+        try:
+            with domain_errors():
+                async for message in call:
+                    if message.WhichOneof("payload") == "version":
+                        reader.start(message.version)
+                    else:
+                        reader.chunk(message.chunk)
+            return reader.finish()
+        finally:
+            call.cancel()
 
     async def resolve(self, kind: str, ref: str) -> registry_pb2.ArtifactVersion:
         request = _ref_request(registry_pb2.ResolveArtifactRequest, kind, ref)

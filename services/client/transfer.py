@@ -233,6 +233,42 @@ class PullWriter:
         self._made = []
 
 
+class FileReader:
+    """Receives a download of one file of a version (``DownloadArtifactRequest.paths``) into
+    memory and returns its bytes only once their size and sha256 match the manifest's entry."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._entry: registry_pb2.FileEntry | None = None
+        self._parts: list[bytes] = []
+        self._received = 0
+
+    def start(self, version: registry_pb2.ArtifactVersion) -> None:
+        found = [f for f in version.manifest.files if f.path == self.path]
+        if not found:  # the registry answers NOT_FOUND first; a stream without it is broken
+            raise DataLoss(f"download of {shown(self.path)} does not list it in its manifest")
+        self._entry = found[0]
+
+    def chunk(self, chunk: registry_pb2.FileChunk) -> None:
+        entry = self._entry
+        if entry is None:
+            raise DataLoss("download sent data before its manifest")
+        data = chunk.data
+        if chunk.path != entry.path or self._received + len(data) > entry.size_bytes:
+            raise DataLoss(f"download stream does not match its manifest at {entry.path}")
+        self._parts.append(data)
+        self._received += len(data)
+
+    def finish(self) -> bytes:
+        entry = self._entry
+        if entry is None or self._received != entry.size_bytes:
+            raise DataLoss(f"download of {shown(self.path)} ended before the file arrived")
+        data = b"".join(self._parts)
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise DataLoss(f"{entry.path}: received bytes do not match sha256 {entry.sha256}")
+        return data
+
+
 def _make_folders(folder: Path) -> list[Path]:
     """``mkdir -p folder``, returning the folders it created, outermost first."""
     missing = [p for p in (folder, *folder.parents) if not p.exists()]

@@ -226,8 +226,8 @@ class TrainingConfig(BaseModel):
     """Every knob of a training job, defaults applied. Frozen: what was validated is what runs.
 
     On the wire a zero value (0, "", false, empty list) means "unset: the default", except for
-    the settings whose proto field has explicit presence (``optional``: dropout, warmup, seed),
-    where 0 is a value."""
+    the settings whose proto field has explicit presence (``optional``: dropout, warmup, seed,
+    num_gpus), where 0 is a value."""
 
     # No inf or nan anywhere: every float is finite, and bounded by its field.
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -252,11 +252,13 @@ class TrainingConfig(BaseModel):
         allowed="a name: lowercase letters, digits, '-', '_', '.'",
     )
     method: Method = setting("lora", section="training", help="Fine-tuning method.")
+    # 0 here is what a config built without a device gets; the trainer fills an unset
+    # num_gpus in from its device (services/trainer/spec.py) before this model sees it.
     num_gpus: int = setting(
         0,
         section="training",
-        help="GPUs to train on; more than one launches DeepSpeed ZeRO. 0: the CPU where there "
-        "is no GPU.",
+        help="GPUs to train on; more than one launches DeepSpeed ZeRO. 0 trains on the CPU.",
+        default_text="all visible GPUs; 0 = CPU",
         ge=0,
         le=1024,
     )

@@ -1,9 +1,9 @@
-"""VerifiedDiskCache: local copies of registry artifacts (adapters and base models), keyed by
-manifest sha256 and checked against it before every use.
+"""VerifiedDiskCache: the gateway's layer over the shared verified artifact cache
+(`services/client/artifact_cache.py`: keyed by manifest sha256, every file checked against the
+manifest before every use, downloads renamed into place only once verified). This layer adds
+what only the gateway needs: a byte budget with LRU eviction, one fetch per key at a time in
+the event loop, metrics, and versions remembered as unservable here.
 
-A version's manifest sha256 pins every byte of it, so the key never goes stale: a re-pushed
-version or a moved alias simply names another key. Entries are written to a temporary folder
-and renamed into place, so a crash never leaves a half-written entry that looks complete.
 Entries an engine is using are never evicted: vLLM may re-read an adapter's files from disk when it
 drops it from its own memory cache, so they must stay. Which entries those are is not the
 cache's to know: each caller passes an `in_use` view of what it owns (served bases, adapters
@@ -14,26 +14,29 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
-import json
 import logging
 import shutil
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from services.client.artifact_cache import (
+    ArtifactCache,
+    CachedVersion,
+    KeyLock,
+    manifest_files,
+)
 from services.common.errors import DataLoss, FailedPrecondition
 from services.gateway import metrics
 from services.gateway.keyed_locks import KeyedLocks
 from services.gateway.registry_reader import RegistryReader
 
-log = logging.getLogger(__name__)
+__all__ = ["CacheEntry", "InUse", "VerifiedDiskCache", "manifest_files"]
 
-MARKER_SUFFIX = ".manifest.json"
+log = logging.getLogger(__name__)
 
 InUse = Callable[[], Collection[str]]
 _T = TypeVar("_T")
@@ -49,37 +52,12 @@ def _nothing_in_use() -> Collection[str]:
 
 
 @dataclass
-class CacheEntry:
-    key: str
-    path: Path
-    files: list[dict[str, Any]]  # path, size_bytes, sha256
-    size_bytes: int
+class CacheEntry(CachedVersion):
     last_used: float = field(default_factory=time.monotonic)
 
-
-def manifest_files(version: Any) -> list[dict[str, Any]]:
-    return [
-        {"path": f.path, "size_bytes": f.size_bytes, "sha256": f.sha256}
-        for f in version.manifest.files
-    ]
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_files(root: Path, files: list[dict[str, Any]]) -> None:
-    """Raise DataLoss unless every manifest file is present with its size and sha256."""
-    for f in files:
-        path = root / f["path"]
-        if not path.is_file():
-            raise DataLoss(f"cached file {f['path']} is missing")
-        if path.stat().st_size != f["size_bytes"] or _sha256_file(path) != f["sha256"]:
-            raise DataLoss(f"cached file {f['path']} does not match its sha256")
+    @classmethod
+    def of(cls, found: CachedVersion) -> CacheEntry:
+        return cls(found.key, found.path, found.files, found.size_bytes)
 
 
 async def _timed(phase: str, awaitable: Awaitable[_T]) -> _T:
@@ -89,35 +67,34 @@ async def _timed(phase: str, awaitable: Awaitable[_T]) -> _T:
     return result
 
 
+async def _acquire(lock: KeyLock) -> None:
+    """Take a key's file lock without blocking the event loop while another process holds it,
+    and without leaking it when the waiting request is cancelled."""
+    if lock.acquire(blocking=False):
+        return
+    waiting = asyncio.ensure_future(asyncio.to_thread(lock.acquire))
+    try:
+        await asyncio.shield(waiting)
+    except asyncio.CancelledError:
+        waiting.add_done_callback(lambda _: lock.release())
+        raise
+
+
 class VerifiedDiskCache:
     def __init__(self, root: Path, max_bytes: int):
         self.root = root
         self.max_bytes = max_bytes
+        self._store = ArtifactCache(root)
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._unservable: dict[str, str] = {}  # key -> why its files cannot be written here
         self._fetch_locks = KeyedLocks()
-        self.root.mkdir(parents=True, exist_ok=True)
         self._scan()
 
     def _scan(self) -> None:
-        """Adopt entries a previous run left, oldest first; drop unfinished temporary folders."""
-        for tmp in self.root.glob(".*"):  # our .tmp-* folders and the pull's staging
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-        markers = sorted(self.root.glob(f"*{MARKER_SUFFIX}"), key=lambda p: p.stat().st_mtime)
-        for marker in markers:
-            key = marker.name[: -len(MARKER_SUFFIX)]
-            path = self.root / key
-            try:
-                files = json.loads(marker.read_text())["files"]
-            except (OSError, ValueError, KeyError):
-                files = None
-            if files is None or not path.is_dir():
-                marker.unlink(missing_ok=True)
-                shutil.rmtree(path, ignore_errors=True)
-                continue
-            size = sum(f["size_bytes"] for f in files)
-            self._entries[key] = CacheEntry(key, path, files, size)
+        """Adopt entries a previous run left, oldest first; drop unfinished downloads."""
+        self._store.sweep_staging()
+        for found in self._store.entries():
+            self._entries[found.key] = CacheEntry.of(found)
         self._update_gauge()
 
     @property
@@ -148,9 +125,8 @@ class VerifiedDiskCache:
                 except DataLoss:
                     pass  # evicted by verify(); fetch a good copy below
             metrics.CACHE_MISSES.inc()
-            entry = await _timed("fetch", self.fetch(registry, kind, ref, key, in_use))
-            await _timed("verify", self.verify(entry))
-            return entry
+            # A fetched entry is verified before it is renamed into place: no second pass.
+            return await _timed("fetch", self.fetch(registry, kind, ref, key, in_use))
 
     def unservable(self, key: str) -> str | None:
         """Why the version with this key cannot be materialised here, if a fetch found out."""
@@ -180,30 +156,39 @@ class VerifiedDiskCache:
 
     async def _fetch(self, registry: RegistryReader, kind: str, ref: str, key: str,
                      in_use: InUse) -> CacheEntry:
-        tmp = self.root / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
+        # The key's file lock too, so a second process on this folder (another replica on a
+        # shared volume) never writes the same key at once; uncontended in one gateway.
+        lock = self._store.lock(key)
+        await _acquire(lock)
         try:
-            version = await registry.pull(kind, ref, tmp)
-            if version.manifest.sha256 != key:
-                raise DataLoss(f"{ref} changed while it was being fetched; retry")
-            files = manifest_files(version)
-            size = sum(f["size_bytes"] for f in files)
-            self._make_room(size, set(in_use()))
-            dest = self.root / key
-            shutil.rmtree(dest, ignore_errors=True)
-            tmp.rename(dest)
+            # Another replica on the shared volume may have written it since our scan: use its
+            # copy rather than replace files its engine may be reading.
+            found = await asyncio.to_thread(self._store.verified_entry, key, ref)
+            if found is None:
+                found = await self._download(registry, kind, ref, key)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        (self.root / f"{key}{MARKER_SUFFIX}").write_text(json.dumps({"ref": ref, "files": files}))
-        entry = CacheEntry(key, dest, files, size)
+            lock.release()
+        self._entries.pop(key, None)
+        self._make_room(found.size_bytes, set(in_use()))
+        entry = CacheEntry.of(found)
         self._entries[key] = entry
         self._update_gauge()
         return entry
+
+    async def _download(self, registry: RegistryReader, kind: str, ref: str,
+                        key: str) -> CachedVersion:
+        staged = self._store.staging(key)
+        try:
+            version = await registry.pull(kind, ref, staged)
+            return await asyncio.to_thread(self._store.commit, key, staged, version, ref)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staged, True)
 
     async def verify(self, entry: CacheEntry) -> None:
         """sha256 of every file, off the event loop; a bad entry is evicted before raising so
         the caller can fetch it again."""
         try:
-            await asyncio.to_thread(verify_files, entry.path, entry.files)
+            await asyncio.to_thread(self._store.verify, entry)
         except DataLoss:
             log.warning("cache entry %s is corrupt; evicting it", entry.key)
             self.evict(entry.key, reason="corrupt")
@@ -211,8 +196,7 @@ class VerifiedDiskCache:
 
     def evict(self, key: str, reason: str) -> None:
         entry = self._entries.pop(key, None)
-        (self.root / f"{key}{MARKER_SUFFIX}").unlink(missing_ok=True)
-        shutil.rmtree(self.root / key, ignore_errors=True)
+        self._store.remove(key)
         if entry is not None:
             metrics.CACHE_EVICTIONS.labels(reason=reason).inc()
         self._update_gauge()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 
 from services.common.errors import (
     DataLoss,
@@ -24,12 +25,13 @@ from services.common.errors import (
 from services.common.refs import check_version
 from services.common.stubs import registry_pb2
 from services.registry import convert
+from services.registry.lora_shapes import check_lora_shapes
 from services.registry.metadata import FileRow, MetadataStore, NewVersion, VersionRow
 from services.registry.names import check_alias, check_name, kind_name, parse_ref
 from services.registry.promotion_gate import Promotion, promote
 from services.registry.settings import RegistrySettings
 from services.registry.storage import BlobStore, blob_key, manifest_key
-from services.registry.validation import UploadPlan, plan_upload
+from services.registry.validation import ADAPTER_WEIGHTS, UploadPlan, plan_upload
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class ArtifactRegistry:
         info = plan.info()
         if isinstance(info, registry_pb2.AdapterInfo):
             base_model = base_model or await self._resolve_base_model(plan.base_model_hint())
+            await self._check_fits_base_model(plan, base_model)
             info.base_model = base_model
             if not lineage.base_model:
                 lineage.base_model = base_model
@@ -165,6 +168,18 @@ class ArtifactRegistry:
             ) from None
         return f"{row.name}@{row.version}"
 
+    async def _check_fits_base_model(self, plan: UploadPlan, base_model: str) -> None:
+        """An adapter's LoRA shapes against the config.json of the base model version it names:
+        the name alone does not say that the adapter was trained on that model."""
+        row = await asyncio.to_thread(self.metadata.resolve, "model", parse_ref(base_model))
+        config = next((f for f in row.files if f.path == "config.json"), None)
+        if config is None:
+            return
+        raw = await asyncio.to_thread(
+            b"".join, _verified(self.store, config, self.settings.chunk_bytes)
+        )
+        check_lora_shapes(ADAPTER_WEIGHTS, plan.tensor_shapes(), json.loads(raw), base_model)
+
     async def _pin_lineage(self, lineage: registry_pb2.Lineage) -> None:
         """Replace each reference in ``lineage`` by the exact version it names now."""
         for field, kind in LINEAGE_REFS.items():
@@ -214,6 +229,22 @@ class ArtifactRegistry:
         return await asyncio.to_thread(
             self.metadata.resolve, kind_name(kind), parse_ref(ref, param="ref")
         )
+
+    def files_to_send(self, row: VersionRow, paths: Sequence[str]) -> list[FileRow]:
+        """The files of ``row`` a download asked for, in manifest order; all when none named.
+        Checked before the first message, so a wrong path costs no transfer."""
+        if not paths:
+            return list(row.files)
+        listed = {f.path for f in row.files}
+        for path in paths:
+            if path not in listed:
+                raise NotFound(
+                    f"{row.kind} {row.name}@{row.version} has no file {shown(path)}",
+                    param="paths",
+                    code="file_not_found",
+                )
+        wanted = set(paths)
+        return [f for f in row.files if f.path in wanted]
 
     async def file_chunks(self, entry: FileRow) -> AsyncIterator[bytes]:
         """A file's bytes from the store, verified against its sha256 as they stream. The last

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+from services.common.chat_messages import check_message_extras, is_trained
 from services.common.errors import InvalidArgument, shown
 from services.common.eval_items import INPUT_KEY, check_eval_item
 from services.common.stubs import registry_pb2
@@ -38,8 +39,7 @@ class DatasetCheck:
         self._format_line = 0
         # A line longer than any allowed example cannot pass; stop buffering it then. Bytes
         # bound characters from above only loosely (UTF-8 is up to 4 bytes per char), hence x4.
-        self._lines = LineSplitter(self._check_line, 4 * max_example_chars + 65536,
-                                   self._too_long)
+        self._lines = LineSplitter(self._check_line, 4 * max_example_chars + 65536, self._too_long)
 
     def _fail(self, rule: str, why: str) -> InvalidArgument:
         return InvalidArgument(f"{self.path} line {self._line}: {why} (rule: {rule})", param="file")
@@ -77,8 +77,7 @@ class DatasetCheck:
             else:
                 raise self._fail(
                     "missing_messages",
-                    "no 'messages' (chat), 'prompt'+'completion', 'text' or 'input' (eval) "
-                    "field",
+                    "no 'messages' (chat), 'prompt'+'completion', 'text' or 'input' (eval) field",
                 )
         if self.format == registry_pb2.DATASET_FORMAT_UNSPECIFIED:
             self.format, self._format_line = fmt, self._line
@@ -106,7 +105,7 @@ class DatasetCheck:
     def _check_chat(self, messages) -> int:
         if not isinstance(messages, list) or not messages:
             raise self._fail("messages_not_list", "'messages' must be a non-empty list")
-        chars, has_assistant = 0, False
+        chars, has_assistant, trained = 0, False, False
         for i, msg in enumerate(messages, start=1):
             if not isinstance(msg, dict):
                 raise self._fail("message_not_object", f"message {i} is not an object")
@@ -121,11 +120,13 @@ class DatasetCheck:
                     "bad_role",
                     f"message {i} has role {shown(role, 40)}; expected one of {list(ROLES)}",
                 )
+            broken = check_message_extras(msg, i)
+            if broken is not None:
+                raise self._fail(*broken)
             content = msg.get("content")
             if role == "assistant":
                 has_assistant = True
-                if content is None and msg.get("tool_calls"):
-                    continue  # a tool call turn carries no text
+                trained = trained or is_trained(msg)
                 if isinstance(content, str) and not content.strip():
                     raise self._fail("empty_assistant_message", f"message {i} (assistant) is empty")
             if not isinstance(content, str):
@@ -137,6 +138,11 @@ class DatasetCheck:
             chars += len(content)
         if not has_assistant:
             raise self._fail("no_assistant_message", "no assistant message to learn from")
+        if not trained:
+            raise self._fail(
+                "no_trained_assistant_message",
+                "every assistant message has weight 0: nothing to learn from",
+            )
         return chars
 
     def _check_prompt_completion(self, record: dict) -> int:
@@ -153,7 +159,6 @@ class DatasetCheck:
         if not text.strip():
             raise self._fail("empty_text", "'text' is empty")
         return len(text)
-
 
     def _check_eval(self, record: dict) -> int:
         broken = check_eval_item(record)

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2
 from services.common.errors import InvalidArgument, TuneplexError
 from services.common.grpc_server import build_server
 from services.common.logs import configure_logging
-from services.common.metrics import start_metrics_server
+from services.common.metrics import start_metrics_server_or_exit
 from services.common.settings import settings_or_exit
 from services.registry.artifacts import ArtifactRegistry
 from services.registry.gc import run_gc_forever
@@ -55,7 +55,6 @@ async def serve(settings: RegistrySettings) -> None:
         register=[add_to_server(RegistryServicer(registry))],
         service_names=[SERVICE_NAME],
     )
-    start_metrics_server(settings.metrics_port, settings.host)
     log.info("registry serving on %s:%d (storage: %s)", settings.host, port, settings.storage)
     gc_task = asyncio.create_task(
         run_gc_forever(store, metadata, settings.gc_grace_seconds, settings.gc_interval_seconds)
@@ -79,6 +78,13 @@ async def serve(settings: RegistrySettings) -> None:
 def main() -> None:
     settings = settings_or_exit(RegistrySettings, "registry")
     configure_logging(settings.log_level, settings.log_json)
+    # Before anything binds or starts: a taken port is a bad setting, refused like one.
+    start_metrics_server_or_exit(
+        settings.metrics_port,
+        settings.host,
+        setting=f"{RegistrySettings.model_config['env_prefix']}METRICS_PORT",
+        service="registry",
+    )
     try:
         asyncio.run(serve(settings))
     except TuneplexError as exc:  # storage unreachable or misconfigured at startup

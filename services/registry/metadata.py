@@ -3,6 +3,11 @@
 One connection behind a lock, called from worker threads (``asyncio.to_thread``). Every write
 is one transaction: a version appears with all its file rows or not at all, an alias moves in
 one statement. Versions are immutable: a trigger refuses any UPDATE of a version row.
+
+Version numbers are never reused: deleting versions, even the last one, keeps the artifact row
+with its ``next_version`` as a tombstone, so ``name@3`` in a lineage can never come to mean
+other bytes. A tombstone (a row with no versions left) reads as not found ("was deleted") and
+is not listed; the next push of its name continues its numbering.
 """
 
 from __future__ import annotations
@@ -110,9 +115,14 @@ class MetadataStore:
         """Add the next version of ``new.kind/new.name`` (creating the artifact), with its files."""
         now = time.time()
         with self._tx() as db:
+            # A tombstone revived by this push is a new artifact to its readers: it gets a new
+            # create_time, and keeps only its numbering.
             db.execute(
                 "INSERT INTO artifacts (kind, name, create_time, update_time) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (kind, name) DO UPDATE SET update_time = excluded.update_time",
+                " ON CONFLICT (kind, name) DO UPDATE SET update_time = excluded.update_time,"
+                " create_time = CASE WHEN EXISTS (SELECT 1 FROM versions"
+                " WHERE versions.artifact_id = artifacts.id) THEN artifacts.create_time"
+                " ELSE excluded.create_time END",
                 (new.kind, new.name, now, now),
             )
             art_id, version = db.execute(
@@ -194,7 +204,8 @@ class MetadataStore:
                 raise NotFound(f"{kind} {name} has no alias {shown(alias)}")
 
     def delete(self, kind: str, name: str, version: int = 0, force: bool = False) -> None:
-        """Delete one version, or the artifact when ``version`` is 0. Blobs stay for the GC."""
+        """Delete one version, or every version when ``version`` is 0. The artifact row stays
+        as a tombstone that keeps its numbering; blobs stay for the GC."""
         with self._tx() as db:
             art_id = self._artifact_id(db, kind, name)
             if version:
@@ -231,9 +242,7 @@ class MetadataStore:
                 f"DELETE FROM versions WHERE artifact_id = ? AND version IN ({marks})",
                 (art_id, *versions),
             )
-            left = db.execute("SELECT count(*) FROM versions WHERE artifact_id = ?", (art_id,))
-            if left.fetchone()[0] == 0:
-                db.execute("DELETE FROM artifacts WHERE id = ?", (art_id,))
+            db.execute("UPDATE artifacts SET update_time = ? WHERE id = ?", (time.time(), art_id))
 
     def _refuse_if_base_of_adapters(self, db, name: str, versions: list[int]) -> None:
         refs = [f"{name}@{v}" for v in versions]
@@ -266,9 +275,9 @@ class MetadataStore:
         if after:
             where.append("(kind, name) > (?, ?)")
             args.extend(after)
-        sql = "SELECT id FROM artifacts"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        # Tombstones (every version deleted) are not artifacts to a reader.
+        where.append("EXISTS (SELECT 1 FROM versions v WHERE v.artifact_id = artifacts.id)")
+        sql = "SELECT id FROM artifacts WHERE " + " AND ".join(where)
         sql += " ORDER BY kind, name LIMIT ?"
         with self._lock:
             ids = [r[0] for r in self._db.execute(sql, (*args, limit))]
@@ -341,20 +350,32 @@ class MetadataStore:
 
     @staticmethod
     def _artifact_id(db, kind: str, name: str) -> int:
+        """The id of a live artifact (one with a version): a tombstone is not found."""
         row = db.execute(
-            "SELECT id FROM artifacts WHERE kind = ? AND name = ?", (kind, name)
+            "SELECT id, EXISTS (SELECT 1 FROM versions v WHERE v.artifact_id = artifacts.id)"
+            " FROM artifacts WHERE kind = ? AND name = ?",
+            (kind, name),
         ).fetchone()
         if row is None:
             raise NotFound(f"no {kind} named {shown(name)}", code=f"{kind}_not_found")
+        if not row[1]:
+            raise NotFound(
+                f"{kind} {shown(name)} was deleted (every version)", code=f"{kind}_not_found"
+            )
         return row[0]
 
     @staticmethod
     def _require_version(db, art_id: int, kind: str, name: str, version: int) -> None:
         row = db.execute(
-            "SELECT 1 FROM versions WHERE artifact_id = ? AND version = ?", (art_id, version)
+            "SELECT next_version, EXISTS (SELECT 1 FROM versions WHERE artifact_id = ?"
+            " AND version = ?) FROM artifacts WHERE id = ?",
+            (art_id, version, art_id),
         ).fetchone()
-        if row is None:
-            raise NotFound(f"{kind} {name} has no version {version}", code=f"{kind}_not_found")
+        if row[1]:
+            return
+        if version < row[0]:  # numbered once, so it existed
+            raise NotFound(f"{kind} {name}@{version} was deleted", code=f"{kind}_not_found")
+        raise NotFound(f"{kind} {name} has no version {version}", code=f"{kind}_not_found")
 
     @staticmethod
     def _artifact(db, art_id: int) -> ArtifactRow:

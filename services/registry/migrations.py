@@ -51,6 +51,39 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER versions_immutable BEFORE UPDATE ON versions
     BEGIN SELECT RAISE(ABORT, 'versions are immutable'); END;
     """,
+    # 2: version numbers are never reused. Deleting an artifact's last version used to delete
+    # its row and numbering; from now on the row stays as a tombstone. For a name deleted
+    # before, a tombstone is rebuilt from the versions that still name it (lineage, base
+    # models, evaluated models), numbered past the highest version they name, so a new push
+    # cannot take a number that a lineage already pins.
+    """
+    WITH refs (kind, ref) AS (
+        SELECT 'dataset', json_extract(lineage_json, '$.dataset') FROM versions
+        UNION ALL SELECT 'dataset', json_extract(lineage_json, '$.validationDataset')
+            FROM versions
+        UNION ALL SELECT 'dataset', json_extract(lineage_json, '$.evalSet') FROM versions
+        UNION ALL SELECT 'dataset', j.value
+            FROM versions, json_each(versions.lineage_json, '$.databases') AS j
+        UNION ALL SELECT 'model', json_extract(lineage_json, '$.baseModel') FROM versions
+        UNION ALL SELECT 'adapter', json_extract(lineage_json, '$.adapter') FROM versions
+        UNION ALL SELECT 'model', base_model FROM versions
+        UNION ALL SELECT
+            CASE json_extract(info_json, '$.evaluation.modelKind')
+                WHEN 'ARTIFACT_KIND_ADAPTER' THEN 'adapter' ELSE 'model' END,
+            json_extract(info_json, '$.evaluation.model')
+            FROM versions
+    ),
+    pinned (kind, name, number) AS (
+        SELECT kind, substr(ref, 1, instr(ref, '@') - 1), substr(ref, instr(ref, '@') + 1)
+        FROM refs WHERE instr(ref, '@') > 1
+    )
+    INSERT INTO artifacts (kind, name, next_version, create_time, update_time)
+    SELECT kind, name, max(CAST(number AS INTEGER)) + 1,
+        CAST(strftime('%s', 'now') AS REAL), CAST(strftime('%s', 'now') AS REAL)
+    FROM pinned WHERE number != '' AND number NOT GLOB '*[^0-9]*'
+    GROUP BY kind, name
+    ON CONFLICT (kind, name) DO UPDATE SET next_version = max(next_version, excluded.next_version);
+    """,
 ]
 
 

@@ -67,6 +67,7 @@ class SafetensorsCheck:
         self.size = size
         self.check_finite = check_finite
         self.tensor_names: list[str] = []
+        self.tensor_shapes: dict[str, tuple[int, ...]] = {}
         self.metadata: dict[str, str] = {}
         self._head = bytearray()
         self._header_len: int | None = None
@@ -111,9 +112,10 @@ class SafetensorsCheck:
         for name, spec in header.items():
             try:
                 dtype, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
+                dims = tuple(int(dim) for dim in shape)
                 numel = 1
-                for dim in shape:
-                    numel *= int(dim)
+                for dim in dims:
+                    numel *= dim
             except (KeyError, TypeError, ValueError):
                 raise self._fail(f"tensor {shown(name)} has a malformed header entry") from None
             if dtype not in ITEM_BYTES:
@@ -121,6 +123,7 @@ class SafetensorsCheck:
             if end - begin != numel * ITEM_BYTES[dtype] or begin < 0:
                 raise self._fail(f"tensor {shown(name)}: offsets do not match its shape and dtype")
             tensors.append(_Tensor(name, dtype, begin, end))
+            self.tensor_shapes[name] = dims
         tensors.sort(key=lambda t: t.begin)
         pos = 0
         for t in tensors:

@@ -35,8 +35,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     async def DownloadArtifact(self, request, context: grpc.aio.ServicerContext):
         row = await self.registry.resolve(request.kind, request.ref)
+        files = self.registry.files_to_send(row, request.paths)
         yield registry_pb2.DownloadArtifactResponse(version=convert.version_to_proto(row))
-        for entry in row.files:
+        for entry in files:
             async for data in self.registry.file_chunks(entry):
                 # Filled in place: a nested constructor would copy the bytes twice.
                 message = registry_pb2.DownloadArtifactResponse()

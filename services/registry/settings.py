@@ -17,7 +17,9 @@ class RegistrySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEPLEX_REGISTRY_", extra="ignore")
 
     port: int = Field(50051, description="Port to bind.")
-    metrics_port: int = Field(0, description="Port of the Prometheus /metrics endpoint; 0 = off.")
+    metrics_port: int = Field(
+        9090, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 = off."
+    )
 
     storage: Literal["local", "s3"] = Field("local", description="Blob store backend.")
     blob_dir: Path | None = Field(

@@ -79,6 +79,8 @@ class UploadPlan:
     base_model_hint: Callable[[], str] = field(default=lambda: "")
     # For evaluations: summary.json as parsed by ``info()`` (checked against the lineage).
     summary: Callable[[], EvalSummary | None] = field(default=lambda: None)
+    # For adapters: the shape of each tensor in the weights (checked against the base model).
+    tensor_shapes: Callable[[], dict[str, tuple[int, ...]]] = field(default=lambda: {})
 
 
 def plan_upload(
@@ -214,7 +216,14 @@ def _plan_adapter(header, files) -> UploadPlan:
     def base_model_hint() -> str:
         return header.base_model or str(config.value.get("base_model_name_or_path") or "")
 
-    return UploadPlan("adapter", header, checks, info, base_model_hint)
+    return UploadPlan(
+        "adapter",
+        header,
+        checks,
+        info,
+        base_model_hint,
+        tensor_shapes=lambda: weights.tensor_shapes,
+    )
 
 
 def adapter_info(cfg: dict) -> registry_pb2.AdapterInfo:

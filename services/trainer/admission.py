@@ -1,9 +1,12 @@
 """What CreateJob checks before a job is queued: the spec (typed validation), that what it names
 exists in the registry (pinned to the versions found, so retries use the same bytes), and that
-its estimated peak memory fits.
+its estimated peak memory fits in what is free for it on the device it will run on: the
+device's memory less the estimates of the jobs that may run beside it there (the local runner
+runs ``max_concurrent_jobs`` at once on this machine; a Kubernetes Job gets a pod of its own).
 
 Training: base model and datasets (and the eval set and databases of its end-of-run
-evaluation), memory on the training device. Export: the adapter and the
+evaluation), memory on the training device (the GPUs, or the host's memory for num_gpus 0).
+Export: the adapter and the
 exact base model version it was trained on, a free output name, memory of the merge on the host.
 Evaluation: the adapter or model (adapters first, as the gateway resolves a `model`) and the
 base it runs on, the eval set (a dataset of format EVAL), every SQLite database a grader names,
@@ -12,6 +15,7 @@ memory of generating the answers in the worker when it may have to.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -27,28 +31,37 @@ from services.common.errors import (
 from services.common.refs import parse_ref
 from services.common.stubs import registry_pb2, trainer_pb2
 from services.evaluation.graders import referenced_databases
-from services.trainer.artifacts import RegistryPullCache, model_config, version_ref
-from services.trainer.device import DeviceInfo
+from services.trainer.artifacts import RegistryPullCache, version_ref
+from services.trainer.device import DeviceInfo, host_cpu
 from services.trainer.eval_spec import EvalConfig, eval_config_from_proto
 from services.trainer.export_spec import ExportConfig, export_config_from_proto, merge_load_plan
 from services.trainer.memory import (
+    ActiveJob,
+    Held,
     MemoryEstimate,
     ModelShape,
     checkpoint_if_needed,
     estimate_eval_memory,
     estimate_export_memory,
     estimate_memory,
+    held_beside,
     require_eval_fit,
     require_export_fit,
     require_fit,
 )
 from services.trainer.spec import TrainingConfig, TrainingEvalConfig, training_config_from_proto
 
+JobConfig = TrainingConfig | ExportConfig | EvalConfig
+
 
 @dataclass(frozen=True)
 class Admitted:
-    config: TrainingConfig | ExportConfig | EvalConfig
+    # What runs: the normalised request with its registry references pinned.
+    config: JobConfig
     estimate: MemoryEstimate
+    # The request itself, normalised (defaults applied, nothing pinned): what a reused
+    # idempotency key is compared by.
+    request: JobConfig
 
 
 def check_runner(spec: trainer_pb2.JobSpec, runner: str) -> None:
@@ -87,19 +100,56 @@ class Admission:
         self.cache = cache
         self.device = device
         self.runner = runner
-        # Exports merge on the CPU: their estimate is checked against host memory.
+        # What a job on the CPU of a GPU machine (num_gpus 0, a merge) is checked against.
         self.host_memory_bytes = host_memory_bytes or psutil.virtual_memory().total
 
-    def admit(self, spec: trainer_pb2.JobSpec, *, enforce_fit: bool = True) -> Admitted:
-        """Validate, pin registry versions and estimate memory (blocking: registry calls)."""
+    def normalise(self, spec: trainer_pb2.JobSpec) -> JobConfig:
+        """The request validated, with its defaults applied for this trainer's device (no
+        registry calls): what two requests must share to be the same request."""
         if spec.WhichOneof("kind") == "export":
             check_runner(spec, self.runner)
-            return self.admit_export(spec.export, enforce_fit=enforce_fit)
+            return export_config_from_proto(spec.export)
         if spec.WhichOneof("kind") == "evaluation":
             check_runner(spec, self.runner)
-            return self.admit_evaluation(spec.evaluation, enforce_fit=enforce_fit)
-        config = training_config_from_proto(training_spec_of(spec, self.runner), self.device)
-        model, model_dir = self.cache.fetch("model", config.base_model, "training.base_model")
+            return eval_config_from_proto(spec.evaluation)
+        return training_config_from_proto(training_spec_of(spec, self.runner), self.device)
+
+    def job_device(self, config: JobConfig) -> DeviceInfo:
+        """The device whose memory ``config`` is checked against: the GPUs of a job that
+        trains on them; the host's CPU for num_gpus 0, a merge, and an eval that sends its
+        items to the gateway; an eval that may generate locally uses the GPU where there is
+        one, as its worker does."""
+        host = host_cpu(self.device, self.host_memory_bytes)
+        if isinstance(config, TrainingConfig):
+            return self.device if config.num_gpus else host
+        if isinstance(config, EvalConfig) and config.backend != "gateway":
+            return self.device
+        return host
+
+    def _held(self, device: str, active: Sequence[ActiveJob], slots: int) -> Held:
+        # A Kubernetes Job runs in a pod of its own, sized by its estimate: the cluster, not
+        # this trainer, places it beside others.
+        return held_beside(active, device, slots if self.runner == "local" else 1)
+
+    def admit(
+        self,
+        spec: trainer_pb2.JobSpec,
+        *,
+        enforce_fit: bool = True,
+        active: Sequence[ActiveJob] = (),
+        slots: int = 1,
+    ) -> Admitted:
+        """Validate, pin registry versions and estimate memory (blocking: registry calls).
+        ``active``: the jobs admitted and not finished; ``slots``: how many run at once."""
+        request = self.normalise(spec)
+        device = self.job_device(request)
+        held = self._held(device.name, active, slots)
+        if isinstance(request, ExportConfig):
+            return self.admit_export(request, enforce_fit, held)
+        if isinstance(request, EvalConfig):
+            return self.admit_evaluation(request, enforce_fit, held)
+        config = request
+        model = self.cache.resolve("model", config.base_model, "training.base_model")
         dataset = self.cache.resolve("dataset", config.dataset, "training.dataset")
         pinned: dict[str, object] = {
             "base_model": version_ref(model),
@@ -112,11 +162,14 @@ class Admission:
             pinned["validation_dataset"] = version_ref(validation)
         if config.evaluation is not None:
             pinned["evaluation"] = self.training_evaluation(config.evaluation)
-        shape = ModelShape.from_config(model_config(model_dir, version_ref(model)))
-        config = checkpoint_if_needed(config, shape, self.device)
-        check = require_fit if enforce_fit else estimate_memory
-        estimate = check(config, shape, self.device)
-        return Admitted(config.model_copy(update=pinned), estimate)
+        shape = ModelShape.from_config(self.cache.model_config(model))
+        config = checkpoint_if_needed(config, shape, device, held)
+        estimate = (
+            require_fit(config, shape, device, held)
+            if enforce_fit
+            else estimate_memory(config, shape, device, held=held)
+        )
+        return Admitted(config.model_copy(update=pinned), estimate, request)
 
     def training_evaluation(self, evaluation: TrainingEvalConfig) -> TrainingEvalConfig:
         """A training job's end-of-run evaluation with its eval set and databases pinned, as an
@@ -129,8 +182,8 @@ class Admission:
             update={"eval_set": version_ref(eval_set), "databases": databases}
         )
 
-    def admit_export(self, spec: trainer_pb2.ExportSpec, *, enforce_fit: bool) -> Admitted:
-        config = export_config_from_proto(spec)
+    def admit_export(self, request: ExportConfig, enforce_fit: bool, held: Held) -> Admitted:
+        config = request
         adapter = self.cache.resolve("adapter", config.adapter, "export.adapter")
         exact = version_ref(adapter)
         info = adapter.adapter
@@ -146,15 +199,14 @@ class Admission:
         self._require_free_name(config.output_name)
         hyperparameters = MessageToDict(adapter.lineage.hyperparameters) or None
         plan = merge_load_plan(hyperparameters)
-        _, model_dir = self.cache.fetch("model", version_ref(base), "export.adapter")
-        shape = ModelShape.from_config(model_config(model_dir, version_ref(base)))
+        shape = ModelShape.from_config(self.cache.model_config(base))
         estimate = estimate_export_memory(
-            shape, plan.dtype, config.precision, self.host_memory_bytes
+            shape, plan.dtype, config.precision, self.host_memory_bytes, held
         )
         if enforce_fit:
             require_export_fit(estimate)
         pinned = {"adapter": exact, "base_model": version_ref(base)}
-        return Admitted(config.model_copy(update=pinned), estimate)
+        return Admitted(config.model_copy(update=pinned), estimate, request)
 
     def _exact_base_model(self, adapter_ref: str, base_ref: str):
         """The very model version the adapter was trained on: a merge into any other weights
@@ -193,17 +245,16 @@ class Admission:
                 code="name_taken",
             )
 
-    def admit_evaluation(self, spec: trainer_pb2.EvalSpec, *, enforce_fit: bool) -> Admitted:
-        config = eval_config_from_proto(spec)
+    def admit_evaluation(self, request: EvalConfig, enforce_fit: bool, held: Held) -> Admitted:
+        config = request
         model_kind, target, base = self.eval_target(config.model, "evaluation.model")
         eval_set = self.eval_set(config.eval_set, "evaluation.eval_set")
         databases = self.databases(referenced_databases(config.graders), "evaluation.graders")
         shape = None
         if config.backend != "gateway":  # auto may generate in the worker: size that
-            _, model_dir = self.cache.fetch("model", version_ref(base), "evaluation.model")
-            shape = ModelShape.from_config(model_config(model_dir, version_ref(base)))
+            shape = ModelShape.from_config(self.cache.model_config(base))
         estimate = estimate_eval_memory(
-            shape, config.backend, config.sampling.max_tokens, self.device
+            shape, config.backend, config.sampling.max_tokens, self.job_device(config), held
         )
         if enforce_fit and config.backend == "local":
             require_eval_fit(estimate)
@@ -216,7 +267,7 @@ class Admission:
             "output_name": config.output_name or eval_set.name,
             "num_items": eval_set.dataset.num_examples,
         }
-        return Admitted(config.model_copy(update=pinned), estimate)
+        return Admitted(config.model_copy(update=pinned), estimate, request)
 
     def eval_target(self, ref: str, param: str) -> tuple[str, object, object]:
         """(kind, version, base model version) of what an eval scores: an adapter of that name

@@ -1,17 +1,19 @@
-"""Registry artifacts on local disk: base models and datasets pulled once per version into a
-cache shared by the service (which reads a model's config for the memory estimate) and its
-workers. A pull lands in a temporary folder renamed into place, so a killed pull is never
-mistaken for a complete one."""
+"""Registry artifacts on local disk for the trainer: base models and datasets, in the shared
+verified cache (`services/client/artifact_cache.py`: keyed by manifest sha256, every file
+checked before each use) that the service and its workers, separate processes, share through
+one folder. The service itself reads only a model's config.json, alone (``model_config``): a
+memory estimate needs the model's shape, not its weights."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from pathlib import Path
 
+from services.client.artifact_cache import ArtifactCache
 from services.common.errors import FailedPrecondition, NotFound, shown
 from services.common.refs import parse_ref
+
+MODEL_CONFIG = "config.json"
 
 
 def version_ref(artifact) -> str:
@@ -19,11 +21,13 @@ def version_ref(artifact) -> str:
 
 
 class RegistryPullCache:
-    """Registry versions pulled to local folders, once per version."""
+    """Registry versions as verified local folders, pulled once per manifest."""
 
     def __init__(self, client, cache_dir: Path):
         self.client = client
         self.cache_dir = cache_dir
+        self.store = ArtifactCache(cache_dir)
+        self.store.sweep_staging()
 
     def resolve(self, kind: str, ref: str, param: str):
         """The version ``ref`` names, or InvalidArgument / NotFound naming the spec field."""
@@ -40,23 +44,22 @@ class RegistryPullCache:
             ) from None
 
     def fetch(self, kind: str, ref: str, param: str) -> tuple[object, Path]:
-        """(version, local folder) of ``ref``, pulling it unless already cached."""
+        """(version, local folder) of ``ref``: the cached copy if every file still matches its
+        sha256, else pulled (again)."""
         artifact = self.resolve(kind, ref, param)
-        final = self.cache_dir / kind / version_ref(artifact)
-        if final.is_dir():
-            return artifact, final
-        tmp = self.cache_dir / kind / f".pull-{uuid.uuid4().hex}"
-        tmp.mkdir(parents=True)
-        try:
-            self.client.pull(kind, version_ref(artifact), tmp)
-            try:
-                tmp.rename(final)
-            except OSError:  # another process finished the same pull first
-                if not final.is_dir():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return artifact, final
+        exact = version_ref(artifact)
+        entry = self.store.get_or_fetch(
+            artifact.manifest.sha256, exact, lambda staged: self.client.pull(kind, exact, staged)
+        )
+        return artifact, entry.path
+
+    def model_config(self, model) -> dict:
+        """The config.json of a resolved model version, read alone from the registry (verified
+        against its manifest) rather than pulling the weights."""
+        ref = version_ref(model)
+        if not any(f.path == MODEL_CONFIG for f in model.manifest.files):
+            raise _no_config(ref)
+        return _parse_config(self.client.read_file("model", ref, MODEL_CONFIG), ref)
 
 
 def dataset_file(folder: Path, ref: str, param: str) -> Path:
@@ -72,12 +75,24 @@ def dataset_file(folder: Path, ref: str, param: str) -> Path:
     return files[0]
 
 
-def model_config(folder: Path, ref: str) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
+def _no_config(ref: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"model {ref!r} has no config.json; import it with `tuneplex models import`",
+        param="training.base_model",
+        code="model_invalid",
+    )
+
+
+def _parse_config(data: bytes, ref: str) -> dict:
+    try:
+        config = json.loads(data)
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
         raise FailedPrecondition(
-            f"model {ref!r} has no config.json; import it with `tuneplex models import`",
+            f"model {ref!r} has a config.json that is not a JSON object; import it again with "
+            "`tuneplex models import`",
             param="training.base_model",
             code="model_invalid",
         )
-    return json.loads(path.read_text())
+    return config

@@ -70,6 +70,16 @@ def complete_checkpoints(checkpoint_dir: Path) -> list[CheckpointInfo]:
     return sorted(found, key=lambda c: c.step)
 
 
+def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives once committed."""
+    return checkpoint_dir / f"{PREFIX}{step}"
+
+
+def checkpoint_at(checkpoint_dir: Path, step: int) -> CheckpointInfo | None:
+    """The complete checkpoint of ``step``, if there is one."""
+    return next((c for c in complete_checkpoints(checkpoint_dir) if c.step == step), None)
+
+
 def latest_checkpoint(checkpoint_dir: Path) -> CheckpointInfo | None:
     done = complete_checkpoints(checkpoint_dir)
     return done[-1] if done else None

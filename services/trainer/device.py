@@ -1,4 +1,5 @@
-"""What the training device can do: decides spec defaults (precision) and refusals (qlora)."""
+"""What the training device can do: decides spec defaults (num_gpus, precision), refusals
+(qlora) and the memory a job is checked against."""
 
 from __future__ import annotations
 
@@ -122,6 +123,21 @@ def detect_device(memory_override: int | None = None) -> DeviceInfo:
     if memory_override:
         device = replace(device, memory_bytes=memory_override)
     return device
+
+
+def host_cpu(device: DeviceInfo, host_memory_bytes: int) -> DeviceInfo:
+    """The CPU beside ``device``, with the host's memory: where a job that asks for no GPU
+    (num_gpus 0, an export) runs on a GPU machine. On a CPU machine that is ``device`` itself
+    (its memory as detected or as configured)."""
+    if not device.cuda:
+        return device
+    return DeviceInfo(
+        cuda=False,
+        gpu_count=0,
+        memory_bytes=host_memory_bytes,
+        name="cpu",
+        cpu_bf16=device.cpu_bf16,
+    )
 
 
 def cluster_gpu_device(gpus: int, memory_bytes: int) -> DeviceInfo:

@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2
 
 from services.common.grpc_server import build_server
 from services.common.logs import configure_logging
-from services.common.metrics import start_metrics_server
+from services.common.metrics import start_metrics_server_or_exit
 from services.common.settings import settings_or_exit
 from services.common.stubs import trainer_pb2, trainer_pb2_grpc
 from services.trainer.admission import Admission
@@ -96,7 +96,6 @@ async def serve(settings: TrainerSettings) -> None:
         register=[lambda s: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
     )
-    start_metrics_server(settings.metrics_port, settings.host)
     recovered = await recover(store, supervisor, queue)
     queue.start()
     log.info(
@@ -127,4 +126,11 @@ async def serve(settings: TrainerSettings) -> None:
 def main() -> None:
     settings = settings_or_exit(TrainerSettings, "trainer")
     configure_logging(settings.log_level, settings.log_json)
+    # Before anything binds or starts: a taken port is a bad setting, refused like one.
+    start_metrics_server_or_exit(
+        settings.metrics_port,
+        settings.host,
+        setting=f"{TrainerSettings.model_config['env_prefix']}METRICS_PORT",
+        service="trainer",
+    )
     asyncio.run(serve(settings))

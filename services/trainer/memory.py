@@ -22,6 +22,10 @@ Terms, per training device:
   (ZeRO-3);
 - a fixed framework overhead (CUDA context / Python + torch, TRL, datasets and the tokenizer).
 
+The peak is checked against what is free for the job on the device it runs on (a GPU when it
+trains on GPUs, the host's memory on the CPU): the device's memory less the estimates of the
+jobs that may run beside it there (``held_beside``).
+
 Calibrated on the CPU (``benchmarks/memory_estimate.py``: the SFT recipe's peak RSS, rows filling
 max_seq_length, SmolLM2-135M in fp32; table in docs/trainer.md): ACTIVATION_BYTES, LOGITS_COPIES
 and CPU_TRAINING_OVERHEAD, fitted so that every measured configuration's estimate
@@ -32,9 +36,10 @@ overhead, the multi-GPU and 4-bit terms, which keep their derivations above.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.common.errors import FailedPrecondition
+from services.common.errors import FailedPrecondition, ResourceExhausted, TuneplexError
 from services.trainer.device import DeviceInfo
 from services.trainer.spec import TrainingConfig
 
@@ -120,11 +125,36 @@ class ModelShape:
         return self.layers * per_layer
 
 
+# (job id, estimated peak bytes) of the jobs that may run beside a new one on its device.
+Held = tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class ActiveJob:
+    """A job admitted and not finished yet, and the device its estimate is on."""
+
+    job_id: str
+    device: str
+    peak_bytes: int
+
+
+def held_beside(active: Sequence[ActiveJob], device: str, slots: int) -> Held:
+    """The jobs whose memory a new job on ``device`` must leave free: with ``slots`` jobs
+    running at once, the ``slots - 1`` largest of those admitted there and not finished (a
+    queued one may start beside it as well as a running one), the most the queue can put
+    beside it. Each admitted job was checked the same way, so any ``slots`` of them fit
+    together."""
+    there = sorted((j for j in active if j.device == device), key=lambda j: -j.peak_bytes)
+    return tuple((j.job_id, j.peak_bytes) for j in there[: max(0, slots - 1)])
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     terms: tuple[tuple[str, int], ...]
+    # What is free for this job: the device's memory less what ``held`` holds.
     available_bytes: int
     device: str
+    held: Held = ()
 
     @property
     def peak_bytes(self) -> int:
@@ -133,6 +163,49 @@ class MemoryEstimate:
     @property
     def fits(self) -> bool:
         return self.peak_bytes <= self.available_bytes
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(b for _, b in self.held)
+
+    @property
+    def fits_alone(self) -> bool:
+        """Whether it would fit were the jobs beside it finished."""
+        return self.peak_bytes <= self.available_bytes + self.held_bytes
+
+
+def _estimate(
+    terms: tuple[tuple[str, int], ...], memory_bytes: int, device: str, held: Held
+) -> MemoryEstimate:
+    free = max(0, memory_bytes - sum(b for _, b in held))
+    return MemoryEstimate(terms=terms, available_bytes=free, device=device, held=held)
+
+
+def room(est: MemoryEstimate) -> str:
+    """The memory the job was checked against, and who holds the rest of the device."""
+    if not est.held:
+        return f"{est.device} has {est.available_bytes / GIB:.1f} GiB"
+    holders = ", ".join(f"{job} {b / GIB:.1f} GiB" for job, b in est.held)
+    total = (est.available_bytes + est.held_bytes) / GIB
+    return (
+        f"{est.device} has {est.available_bytes / GIB:.1f} GiB free for it ({total:.1f} GiB "
+        f"less what the jobs that may run beside it hold: {holders})"
+    )
+
+
+def refusal(est: MemoryEstimate, message: str, param: str) -> TuneplexError:
+    """``FailedPrecondition`` when the job cannot fit the device at all (the spec must
+    change); ``ResourceExhausted`` when it fits but not beside the jobs admitted before it,
+    which then says that waiting for them (or cancelling them) works too."""
+    if est.held and est.fits_alone:
+        jobs = ", ".join(job for job, _ in est.held)
+        have, them = ("have", "them") if len(est.held) > 1 else ("has", "it")
+        return ResourceExhausted(
+            f"{message}; or create it again once {jobs} {have} finished (or cancel {them})",
+            param=param,
+            code="out_of_memory",
+        )
+    return FailedPrecondition(message, param=param, code="out_of_memory")
 
 
 def activation_bytes(config: TrainingConfig, shape: ModelShape, batch: int) -> int:
@@ -147,7 +220,12 @@ def activation_bytes(config: TrainingConfig, shape: ModelShape, batch: int) -> i
 
 
 def estimate_memory(
-    config: TrainingConfig, shape: ModelShape, device: DeviceInfo, *, batch: int | None = None
+    config: TrainingConfig,
+    shape: ModelShape,
+    device: DeviceInfo,
+    *,
+    batch: int | None = None,
+    held: Held = (),
 ) -> MemoryEstimate:
     batch = batch or config.batch_size
     total = shape.total_params()
@@ -180,7 +258,7 @@ def estimate_memory(
         ("logits", logits),
         ("framework_overhead", CUDA_OVERHEAD if device.cuda else CPU_TRAINING_OVERHEAD),
     )
-    return MemoryEstimate(terms=terms, available_bytes=device.memory_bytes, device=device.name)
+    return _estimate(terms, device.memory_bytes, device.name, held)
 
 
 def _capped(*terms: tuple[str, float]) -> tuple[tuple[str, int], ...]:
@@ -188,22 +266,24 @@ def _capped(*terms: tuple[str, float]) -> tuple[tuple[str, int], ...]:
 
 
 def checkpoint_if_needed(
-    config: TrainingConfig, shape: ModelShape, device: DeviceInfo
+    config: TrainingConfig, shape: ModelShape, device: DeviceInfo, held: Held = ()
 ) -> TrainingConfig:
     """``config`` with gradient checkpointing turned on when the job does not fit in memory
     without it and does with it; as given otherwise. Recomputing activations costs about a
     third more compute, so it is never on by default where memory does not ask for it (TRL
     turns it on always); the job's spec shows the choice."""
-    if config.gradient_checkpointing or estimate_memory(config, shape, device).fits:
+    if config.gradient_checkpointing or estimate_memory(config, shape, device, held=held).fits:
         return config
     checkpointed = config.model_copy(update={"gradient_checkpointing": True})
-    return checkpointed if estimate_memory(checkpointed, shape, device).fits else config
+    return checkpointed if estimate_memory(checkpointed, shape, device, held=held).fits else config
 
 
-def require_fit(config: TrainingConfig, shape: ModelShape, device: DeviceInfo) -> MemoryEstimate:
-    """The estimate, or ``FailedPrecondition`` saying how many GiB are missing and what to
-    lower."""
-    est = estimate_memory(config, shape, device)
+def require_fit(
+    config: TrainingConfig, shape: ModelShape, device: DeviceInfo, held: Held = ()
+) -> MemoryEstimate:
+    """The estimate, or an error saying how many GiB are missing, who holds the rest of the
+    device and what to lower (``refusal``)."""
+    est = estimate_memory(config, shape, device, held=held)
     if est.fits:
         return est
     over = (est.peak_bytes - est.available_bytes) / GIB
@@ -212,7 +292,7 @@ def require_fit(config: TrainingConfig, shape: ModelShape, device: DeviceInfo) -
         (
             b
             for b in _halvings(config.batch_size)
-            if estimate_memory(config, shape, device, batch=b).fits
+            if estimate_memory(config, shape, device, batch=b, held=held).fits
         ),
         None,
     )
@@ -228,12 +308,11 @@ def require_fit(config: TrainingConfig, shape: ModelShape, device: DeviceInfo) -
     else:
         advice = "use a smaller base model, method lora/qlora instead of full, or more GPUs"
         param = "training.method"
-    raise FailedPrecondition(
-        f"the job needs an estimated {est.peak_bytes / GIB:.1f} GiB but {est.device} has "
-        f"{est.available_bytes / GIB:.1f} GiB ({over:.1f} GiB short; largest term: {biggest}); "
-        f"{advice}",
-        param=param,
-        code="out_of_memory",
+    raise refusal(
+        est,
+        f"the job needs an estimated {est.peak_bytes / GIB:.1f} GiB but {room(est)} "
+        f"({over:.1f} GiB short; largest term: {biggest}); {advice}",
+        param,
     )
 
 
@@ -250,7 +329,11 @@ def gib(value: int) -> float:
 
 
 def estimate_export_memory(
-    shape: ModelShape, load_dtype: str, output_dtype: str, host_memory_bytes: int
+    shape: ModelShape,
+    load_dtype: str,
+    output_dtype: str,
+    host_memory_bytes: int,
+    held: Held = (),
 ) -> MemoryEstimate:
     """Peak host memory of a merge (exports run on the CPU): the base weights at their load
     dtype, about as much again for the merge's temporaries, the cast to the output dtype and
@@ -263,17 +346,17 @@ def estimate_export_memory(
         ("merge_cast_and_save_buffers", max(weights, total * DTYPE_BYTES[output_dtype])),
         ("framework_overhead", CPU_OVERHEAD),
     )
-    return MemoryEstimate(terms=terms, available_bytes=host_memory_bytes, device="cpu")
+    return _estimate(terms, host_memory_bytes, "cpu", held)
 
 
 def require_export_fit(est: MemoryEstimate) -> MemoryEstimate:
     if est.fits:
         return est
-    raise FailedPrecondition(
-        f"merging needs an estimated {est.peak_bytes / GIB:.1f} GiB of host memory but this "
-        f"machine has {est.available_bytes / GIB:.1f} GiB; export on a machine with more memory",
-        param="export.adapter",
-        code="out_of_memory",
+    raise refusal(
+        est,
+        f"merging needs an estimated {est.peak_bytes / GIB:.1f} GiB of host memory but "
+        f"{room(est)}; export on a machine with more memory",
+        "export.adapter",
     )
 
 
@@ -286,7 +369,11 @@ EVAL_CLIENT_BYTES = int(0.5 * GIB)
 
 
 def estimate_eval_memory(
-    shape: ModelShape | None, backend: str, max_tokens: int, device: DeviceInfo
+    shape: ModelShape | None,
+    backend: str,
+    max_tokens: int,
+    device: DeviceInfo,
+    held: Held = (),
 ) -> MemoryEstimate:
     """Peak memory of an eval worker. Through the gateway: the worker's own Python process.
     Generating locally (``recipes/generate.py``): the base weights (fp32 on the CPU, bf16 on
@@ -295,10 +382,8 @@ def estimate_eval_memory(
     batch's last-position logits, and the framework. Kept simple on purpose: what decides
     whether it fits is the weights."""
     if backend == "gateway" or shape is None:
-        return MemoryEstimate(
-            terms=(("eval_client", EVAL_CLIENT_BYTES),),
-            available_bytes=device.memory_bytes,
-            device=device.name,
+        return _estimate(
+            (("eval_client", EVAL_CLIENT_BYTES),), device.memory_bytes, device.name, held
         )
     dtype = DTYPE_BYTES["bf16" if device.cuda else "fp32"]
     tokens = EVAL_GENERATION_BATCH * (EVAL_PROMPT_TOKENS + max_tokens)
@@ -309,16 +394,16 @@ def estimate_eval_memory(
         ("logits", EVAL_GENERATION_BATCH * shape.vocab * 4 * 2),
         ("framework_overhead", CUDA_OVERHEAD if device.cuda else CPU_OVERHEAD),
     )
-    return MemoryEstimate(terms=terms, available_bytes=device.memory_bytes, device=device.name)
+    return _estimate(terms, device.memory_bytes, device.name, held)
 
 
 def require_eval_fit(est: MemoryEstimate) -> MemoryEstimate:
     if est.fits:
         return est
-    raise FailedPrecondition(
+    raise refusal(
+        est,
         f"generating the answers in the worker needs an estimated {est.peak_bytes / GIB:.1f} "
-        f"GiB but {est.device} has {est.available_bytes / GIB:.1f} GiB; evaluate through a "
-        "gateway that serves the model (backend gateway) or on a machine with more memory",
-        param="evaluation.backend",
-        code="out_of_memory",
+        f"GiB but {room(est)}; evaluate through a gateway that serves the model (backend "
+        "gateway) or on a machine with more memory",
+        "evaluation.backend",
     )

@@ -17,6 +17,11 @@ class JobQueue:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._slots: list[asyncio.Task] = []
 
+    @property
+    def concurrency(self) -> int:
+        """How many jobs run at once: what admission leaves memory for beside a new one."""
+        return self._concurrency
+
     def submit(self, job_id: str) -> None:
         self._queue.put_nowait(job_id)
 

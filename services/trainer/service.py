@@ -4,15 +4,16 @@ pin, estimate), the job store, the queue and the supervisor."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
-from services.common.errors import AlreadyExists
+from services.common.errors import AlreadyExists, TuneplexError
 from services.common.stubs import trainer_pb2, trainer_pb2_grpc
-from services.trainer.admission import Admission
+from services.trainer.admission import Admission, JobConfig
 from services.trainer.checkpoints import complete_checkpoints
 from services.trainer.eval_spec import EvalConfig, eval_config_to_proto
-from services.trainer.export_spec import ExportConfig, export_config_to_proto
-from services.trainer.memory import MemoryEstimate
+from services.trainer.export_spec import ExportConfig, export_config_to_proto, job_config_from_json
+from services.trainer.memory import ActiveJob, MemoryEstimate
 from services.trainer.queue import JobQueue
 from services.trainer.spec import training_config_to_proto
 from services.trainer.store import TERMINAL, JobStore, now
@@ -30,12 +31,24 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self.admission = admission
         self.queue = queue
         self.supervisor = supervisor
+        # One CreateJob at a time from the key lookup to the insert: each admission then sees
+        # the jobs admitted before it (their memory), and a reused key the job it made.
+        self._creating = asyncio.Lock()
 
     async def CreateJob(self, request, context):
+        async with self._creating:
+            return trainer_pb2.CreateJobResponse(job=await self._create(request))
+
+    async def _create(self, request: trainer_pb2.CreateJobRequest) -> trainer_pb2.Job:
         key = request.idempotency_key
         if key and (existing := self.store.by_idempotency_key(key)) is not None:
-            return trainer_pb2.CreateJobResponse(job=self._same_request(existing, request))
-        admitted = await asyncio.to_thread(self.admission.admit, request.spec)
+            return self._same_request(existing, request)
+        admitted = await asyncio.to_thread(
+            self.admission.admit,
+            request.spec,
+            active=self._active_jobs(),
+            slots=self.queue.concurrency,
+        )
         spec = trainer_pb2.JobSpec(runner=request.spec.runner)
         if isinstance(admitted.config, ExportConfig):
             spec.export.CopyFrom(export_config_to_proto(admitted.config))
@@ -51,9 +64,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             idempotency_key=key,
             estimated_peak_memory_bytes=admitted.estimate.peak_bytes,
         )
-        job, created = self.store.create(job, admitted.config.model_dump_json())
-        if not created:  # a concurrent call with the same key won
-            return trainer_pb2.CreateJobResponse(job=self._same_request(job, request))
+        job, created = self.store.create(
+            job, admitted.config.model_dump_json(), admitted.request.model_dump_json()
+        )
+        if not created:  # another trainer process on this store won the key
+            return self._same_request(job, request)
         await self.supervisor.record(
             job.id,
             trainer_pb2.JobEvent(
@@ -61,18 +76,45 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             ),
         )
         self.queue.submit(job.id)
-        return trainer_pb2.CreateJobResponse(job=job)
+        return job
 
-    def _same_request(self, job: trainer_pb2.Job, request) -> trainer_pb2.Job:
-        """AIP-155: a reused key must come with the same request."""
-        if _identity(request.spec) != _identity(job.spec):
+    def _same_request(
+        self, job: trainer_pb2.Job, request: trainer_pb2.CreateJobRequest
+    ) -> trainer_pb2.Job:
+        """AIP-155: a reused key returns its job for the same request, normalised (defaults
+        applied, so spelling a default out changes nothing), and refuses any other."""
+        given = self.admission.normalise(request.spec)
+        differ = differences(self._stored_request(job), given)
+        if differ:
             raise AlreadyExists(
                 f"idempotency key {request.idempotency_key!r} was used for job {job.id} with a "
-                "different spec; use a new key for a new job",
+                f"different request (it differs in {', '.join(differ)}); use a new key for a "
+                "new job",
                 param="idempotency_key",
                 code="idempotency_key_reused",
             )
         return job
+
+    def _stored_request(self, job: trainer_pb2.Job) -> JobConfig | None:
+        raw = self.store.request(job.id)
+        if raw is not None:
+            return job_config_from_json(raw)
+        # Stored before requests were kept: its spec (versions pinned) is all there is.
+        try:
+            return self.admission.normalise(job.spec)
+        except TuneplexError:
+            return None
+
+    def _active_jobs(self) -> list[ActiveJob]:
+        """The jobs admitted and not finished, with the device each one's estimate is on."""
+        return [
+            ActiveJob(
+                job.id,
+                self.admission.job_device(job_config_from_json(self.store.config(job.id))).name,
+                job.estimated_peak_memory_bytes,
+            )
+            for job in self.store.active()
+        ]
 
     async def GetJob(self, request, context):
         return trainer_pb2.GetJobResponse(job=self.store.get(request.id))
@@ -112,7 +154,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.ListCheckpointsResponse(checkpoints=checkpoints)
 
     async def EstimateJobMemory(self, request, context):
-        admitted = await asyncio.to_thread(self.admission.admit, request.spec, enforce_fit=False)
+        admitted = await asyncio.to_thread(
+            self.admission.admit,
+            request.spec,
+            enforce_fit=False,
+            active=self._active_jobs(),
+            slots=self.queue.concurrency,
+        )
         return memory_response(admitted.estimate)
 
 
@@ -125,14 +173,15 @@ def memory_response(est: MemoryEstimate) -> trainer_pb2.EstimateJobMemoryRespons
     )
 
 
-def _identity(spec: trainer_pb2.JobSpec) -> tuple[str | None, str, str]:
-    """What makes two requests under one idempotency key the same job: the kind of work, its
-    output name and the name (not the version) of what it starts from."""
-    if spec.WhichOneof("kind") == "export":
-        return "export", spec.export.output_name, spec.export.adapter.split("@")[0]
-    if spec.WhichOneof("kind") == "evaluation":
-        # The output name defaults to the eval set's at admission, so the request's may be
-        # empty where the stored one is not: what is scored on what identifies the job.
-        e = spec.evaluation
-        return "evaluation", e.model.split("@")[0], e.eval_set.split("@")[0]
-    return spec.WhichOneof("kind"), spec.training.output_name, spec.training.dataset.split("@")[0]
+def differences(stored: JobConfig | None, given: JobConfig) -> list[str]:
+    """The settings in which two normalised requests differ (``the kind of job`` when they are
+    not the same kind, ``the spec`` when the stored one is unreadable); none for the same
+    request."""
+    if stored is None:
+        return ["the spec"]
+    if type(stored) is not type(given):
+        return ["the kind of job"]
+    before, after = json.loads(stored.model_dump_json()), json.loads(given.model_dump_json())
+    return sorted(
+        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+    )

@@ -17,7 +17,9 @@ class TrainerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEPLEX_TRAINER_", extra="ignore")
 
     port: int = Field(DEFAULT_TRAINER_PORT, description="Port to bind.")
-    metrics_port: int = Field(0, description="Port of the Prometheus /metrics endpoint; 0 = off.")
+    metrics_port: int = Field(
+        9091, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 = off."
+    )
     registry_target: str = Field("127.0.0.1:50051", description="host:port of the registry.")
     registry_api_key: SecretStr | None = Field(None, description="Bearer key for the registry.")
     gateway_url: str = Field(
@@ -44,7 +46,20 @@ class TrainerSettings(ServiceSettings):
         description="Tolerations of Job pods (GPU jobs default to tolerating the GPU taint).",
     )
     k8s_checkpoint_claim: str | None = Field(
-        None, description="ReadWriteMany claim for Job checkpoints (resume across pods)."
+        None,
+        description="ReadWriteMany claim Job pods keep job folders and checkpoints on, so an "
+        "attempt on another node resumes; unset: an emptyDir, and a lost pod restarts at step 0.",
+    )
+    k8s_cpus: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="CPU limit of a Job pod (its training threads follow it); it requests 1.",
+    )
+    k8s_kubeconfig: Path | None = Field(
+        None,
+        description="kubeconfig of the cluster Jobs run on, for a trainer outside it; unset: "
+        "the pod's service account, else the default kubeconfig.",
     )
     k8s_gpus: int = Field(
         0,

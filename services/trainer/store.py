@@ -1,9 +1,11 @@
 """Jobs and their events in SQLite: one file that survives service restarts.
 
 A job is kept as its ``Job`` message (the wire shape is the stored shape) plus the columns
-queries need; its validated ``TrainingConfig`` or ``ExportConfig`` is stored beside it as
-JSON. Events get a per-job sequence from 1, assigned inside the insert's transaction.
-Idempotency keys are UNIQUE, so two racing CreateJob calls with one key cannot both insert.
+queries need; its validated ``TrainingConfig``, ``ExportConfig`` or ``EvalConfig`` is stored
+beside it as JSON, and so is the request it was made from, normalised (defaults applied, no
+version pinned), which a reused idempotency key is compared with. Events get a per-job sequence
+from 1, assigned inside the insert's transaction. Idempotency keys are UNIQUE, so two racing
+CreateJob calls with one key cannot both insert.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     create_us INTEGER NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     config TEXT NOT NULL,
-    job BLOB NOT NULL
+    job BLOB NOT NULL,
+    request TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, create_us);
 CREATE TABLE IF NOT EXISTS events (
@@ -65,19 +68,28 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._add_request_column()
         # The service calls in from the event loop and from worker threads.
         self._lock = threading.Lock()
+
+    def _add_request_column(self) -> None:
+        """A file written before requests were kept gets the column; its jobs' stay NULL."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "request" not in columns:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN request TEXT")
 
     def close(self) -> None:
         self._db.close()
 
-    def create(self, job: trainer_pb2.Job, config_json: str) -> tuple[trainer_pb2.Job, bool]:
+    def create(
+        self, job: trainer_pb2.Job, config_json: str, request_json: str | None = None
+    ) -> tuple[trainer_pb2.Job, bool]:
         """Insert ``job``; with a known idempotency key return that job instead. -> (job, new)."""
         with self._lock:
             try:
                 self._db.execute(
-                    "INSERT INTO jobs (id, idempotency_key, state, create_us, config, job) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO jobs (id, idempotency_key, state, create_us, config, job, "
+                    "request) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         job.id,
                         job.idempotency_key or None,
@@ -85,6 +97,7 @@ class JobStore:
                         int(time.time() * 1e6),
                         config_json,
                         job.SerializeToString(),
+                        request_json,
                     ),
                 )
                 return job, True
@@ -116,6 +129,13 @@ class JobStore:
     def config(self, job_id: str) -> str:
         with self._lock:
             return self._db.execute("SELECT config FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+
+    def request(self, job_id: str) -> str | None:
+        """The normalised request ``job_id`` was made from (None for a job stored before
+        requests were kept)."""
+        with self._lock:
+            row = self._db.execute("SELECT request FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row[0] if row else None
 
     def save(self, job: trainer_pb2.Job) -> trainer_pb2.Job:
         with self._lock:

@@ -1,102 +1,46 @@
 """The real trainer service as a subprocess on a loopback port, for integration tests: it can
-be SIGKILLed and restarted on the same port and home, as a crash would."""
+be SIGKILLed and restarted on the same port and home, as a crash would. Spawning and waiting
+are ``tests/helpers/service_process.py`` over the product's ``services/client/processes.py``."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from tests.helpers.registry_process import REPO, VENV_PYTHON, _free_port
+from services.client.processes import wait_grpc_healthy
+from tests.helpers.service_process import ServiceUnderTest, free_port, service_env
 
 STARTUP_TIMEOUT_S = 90.0
 
 
-@dataclass
-class TrainerServer:
+@dataclass(kw_only=True)
+class TrainerServer(ServiceUnderTest):
     target: str
-    home: Path
-    process: subprocess.Popen
-    env: dict[str, str] = field(repr=False)
-    log_path: Path = field(repr=False)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
     def start(self) -> None:
-        self.process = _spawn(self.env, self.log_path)
-        _wait_until_serving(self)
-
-
-def _spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    python = str(VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable))
-    log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
-    try:
-        return subprocess.Popen(
-            [python, "-m", "services.trainer"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    finally:
-        log.close()
-
-
-def _wait_until_serving(server: TrainerServer) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    with grpc.insecure_channel(server.target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if server.process.poll() is not None:
-                raise RuntimeError(f"trainer exited:\n{server.log()[-3000:]}")
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                server.kill()
-                raise TimeoutError(f"trainer not SERVING:\n{server.log()[-3000:]}")
-            time.sleep(0.2)
+        """Start it (again: same port, home and settings) and wait until it serves."""
+        process = self.spawn()
+        self.killed_if_it_fails(lambda: wait_grpc_healthy(process, self.target, STARTUP_TIMEOUT_S))
 
 
 def start_trainer(
     home: Path, registry_target: str, env: dict[str, str] | None = None
 ) -> TrainerServer:
     home.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEPLEX_TRAINER_")}
-    full_env.update(
-        TUNEPLEX_HOME=str(home),
-        TUNEPLEX_TRAINER_PORT=str(port),
-        TUNEPLEX_TRAINER_REGISTRY_TARGET=registry_target,
-        PYTHONUNBUFFERED="1",
-        **(env or {}),
+    port = free_port()
+    settings = {
+        "PORT": str(port),
+        "METRICS_PORT": str(free_port()),
+        "REGISTRY_TARGET": registry_target,
+    }
+    server = TrainerServer(
+        name="trainer",
+        target=f"127.0.0.1:{port}",
+        home=home,
+        env=service_env("trainer", home, settings, env),
+        log_path=home / "trainer.log",
     )
-    server = TrainerServer(f"127.0.0.1:{port}", home, None, full_env, home / "trainer.log")  # type: ignore[arg-type]
     server.start()
     return server
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from demo.shop_sql.generate import handwritten_examples
 from demo.story import DemoConfig
-from demo.tune import Run, demo_job, recipe_config, sweep
+from demo.tune import Run, recipe_config, sweep
 
 
 def test_run_parse():
@@ -22,13 +22,6 @@ def test_run_parse():
     for bad in ("max_steps=200", ":max_steps=2", "a:max_steps"):
         with pytest.raises(argparse.ArgumentTypeError):
             Run.parse(bad)
-
-
-def test_demo_job_is_what_make_demo_sends():
-    cfg = DemoConfig(home=None, bf16=False)  # type: ignore[arg-type]
-    job = demo_job(cfg)
-    assert (job["max_steps"], job["batch_size"], job["learning_rate"]) == (400, 4, 2e-3)
-    assert job["precision"] == "fp32" and job["lora_alpha"] == 2 * cfg.lora_rank
 
 
 def test_unknown_field_fails_before_training(tmp_path):

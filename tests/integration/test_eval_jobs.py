@@ -124,12 +124,13 @@ def test_an_eval_job_survives_a_killed_worker_and_publishes_a_pinned_record(stac
     registry, trainer = stack
     with TrainerClient(trainer.target) as client:
         # Four items in flight: the kill after the first batch leaves most items to do.
-        job = client.create_job(local_eval(concurrency=4), idempotency_key="eval-main")
+        request = local_eval(concurrency=4)
+        job = client.create_job(request, idempotency_key="eval-main")
         assert job.spec.evaluation.model == f"{BASE}@1"  # pinned at admission
         assert job.spec.evaluation.eval_set == f"{EVAL_SET}@1"
         assert job.spec.evaluation.output_name == EVAL_SET  # defaults to the eval set's name
         assert job.estimated_peak_memory_bytes > 0
-        assert client.create_job(local_eval(), idempotency_key="eval-main").id == job.id
+        assert client.create_job(request, idempotency_key="eval-main").id == job.id  # AIP-155
         results_file = trainer.home / "trainer" / "jobs" / job.id / "eval" / "results.jsonl"
         before_kill: dict[int, int] = {}
         events = []

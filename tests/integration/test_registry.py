@@ -20,7 +20,7 @@ from services.common.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from services.common.stubs import registry_pb2
+from services.common.stubs import registry_pb2, registry_pb2_grpc
 from tests.helpers.registry_artifacts import (
     TINY_MODEL,
     chat_line,
@@ -113,6 +113,61 @@ def test_push_pull_list_alias_resolve_delete(client, tmp_path):
     client.delete("adapter", "sql-lora")
     with pytest.raises(NotFound):
         client.get("adapter", "sql-lora")
+
+
+def test_version_numbers_are_never_reused(client, tmp_path):
+    name = "renumbered-lora"
+    for seed in (1, 2):
+        client.push("adapter", name, write_adapter(tmp_path / f"a{seed}", seed=seed))
+    client.delete("adapter", name, version=2)
+    assert client.push("adapter", name, write_adapter(tmp_path / "a3", seed=3)).version == 3
+    with pytest.raises(NotFound, match="was deleted"):
+        client.resolve("adapter", f"{name}@2")
+
+    # deleting every version keeps the numbering; the name is gone to readers meanwhile
+    client.delete("adapter", name)
+    with pytest.raises(NotFound, match="was deleted"):
+        client.get("adapter", name)
+    with pytest.raises(NotFound, match="was deleted"):
+        client.resolve("adapter", name)
+    with pytest.raises(NotFound):
+        client.versions("adapter", name)
+    with pytest.raises(NotFound):
+        client.delete("adapter", name)
+    assert name not in [a.name for a in client.list("adapter")]
+    assert client.push("adapter", name, write_adapter(tmp_path / "a4", seed=4)).version == 4
+    assert [v.version for v in client.versions("adapter", name)] == [4]
+    assert client.get("adapter", name).latest_version == 4
+    for gone in (1, 2, 3):
+        with pytest.raises(NotFound, match="was deleted"):
+            client.resolve("adapter", f"{name}@{gone}")
+    with pytest.raises(NotFound, match="has no version 5"):
+        client.resolve("adapter", f"{name}@5")
+
+
+def test_lineage_keeps_naming_a_deleted_version(client, tmp_path):
+    """An adapter trained on a dataset version that is deleted, its name pushed again: the
+    lineage still says the old number, and that number never names the new bytes."""
+    client.push("dataset", "reborn-train", write_dataset(tmp_path / "one.jsonl"))
+    adapter = client.push(
+        "adapter",
+        "reborn-lora",
+        write_adapter(tmp_path / "a"),
+        lineage=registry_pb2.Lineage(dataset="reborn-train"),
+    )
+    assert adapter.lineage.dataset == "reborn-train@1"
+    client.delete("dataset", "reborn-train")
+    other = write_dataset(tmp_path / "two.jsonl", [chat_line("other", "bytes")])
+    assert client.push("dataset", "reborn-train", other).version == 2
+
+    assert client.resolve("adapter", "reborn-lora").lineage.dataset == "reborn-train@1"
+    chain = client.lineage("adapter", "reborn-lora")
+    assert [(v.kind, v.name, v.version) for v in chain] == [
+        (registry_pb2.ARTIFACT_KIND_ADAPTER, "reborn-lora", 1),
+        (registry_pb2.ARTIFACT_KIND_MODEL, TINY_MODEL, 1),
+    ]
+    with pytest.raises(NotFound, match="was deleted"):
+        client.resolve("dataset", "reborn-train@1")
 
 
 def test_lineage_follows_dataset_and_base_model(client, tmp_path):
@@ -345,6 +400,42 @@ def test_unknown_base_model_is_a_failed_precondition(client, tmp_path):
     assert (exc.value.code, exc.value.param) == ("base_model_not_found", "base_model")
 
 
+@pytest.fixture(scope="module")
+def real_adapter(tmp_path_factory, base_model_dir) -> Path:
+    """A PEFT LoRA adapter of the 135M model, on its attention projections."""
+    from tests.helpers.lora import make_lora_adapter
+
+    return make_lora_adapter(base_model_dir, tmp_path_factory.mktemp("real-lora"), seed=1)
+
+
+def test_adapter_shapes_must_fit_the_base_models_config(
+    client, tmp_path, base_model_dir, real_adapter
+):
+    """The base model is checked by its config.json's sizes, not by its name only: the same
+    module names on a model with another hidden size are refused, naming the tensor."""
+    config = json.loads((base_model_dir / "config.json").read_text())
+
+    def push_model(name: str, **changes) -> None:
+        folder = write_model(tmp_path / name)
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+        client.push("model", name, folder)
+
+    push_model("fits-base")
+    assert client.push("adapter", "fits-lora", real_adapter, base_model="fits-base").version == 1
+    hidden = config["hidden_size"]
+    push_model("wider-base", hidden_size=2 * hidden)
+    with pytest.raises(FailedPrecondition) as exc:
+        client.push("adapter", "unfit-lora", real_adapter, base_model="wider-base")
+    assert _code_of(exc) == grpc.StatusCode.FAILED_PRECONDITION
+    assert (exc.value.code, exc.value.param) == ("base_model_mismatch", "base_model")
+    assert (
+        "tensor 'base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight' has shape "
+        f"[8, {hidden}] but base model wider-base@1 needs [8, {2 * hidden}]" in exc.value.message
+    )
+    with pytest.raises(NotFound):
+        client.get("adapter", "unfit-lora")
+
+
 @pytest.mark.parametrize("poison", [float("nan"), float("inf")])
 def test_nan_or_inf_weights_are_refused(client, tmp_path, poison):
     folder = write_adapter(tmp_path / "a", poison=poison)
@@ -422,3 +513,84 @@ def test_fixture_registry_with_base_model_takes_a_peft_adapter(
     back = load_file(str(tmp_path / "back" / "adapter_model.safetensors"))
     assert all(np.isfinite(t).all() for t in back.values())
     save_file(back, str(tmp_path / "resaved.safetensors"))  # readable by the real library
+
+
+SHAPED_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "dtype": "float32",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 128,
+}
+
+
+def _push_shaped_model(client, tmp_path: Path, name: str) -> Path:
+    """A model whose config.json has the shape the memory estimate reads."""
+    folder = write_model(tmp_path / name)
+    (folder / "config.json").write_text(json.dumps(SHAPED_CONFIG, indent=1))
+    client.push("model", name, folder)
+    return folder
+
+
+async def test_read_file_streams_one_verified_file_and_names_a_missing_one(
+    registry, client, tmp_path
+):
+    config = (_push_shaped_model(client, tmp_path, "read-one-model") / "config.json").read_bytes()
+    assert client.read_file("model", "read-one-model", "config.json") == config
+    async with AsyncRegistryClient(registry.target) as aclient:
+        assert await aclient.read_file("model", "read-one-model@1", "config.json") == config
+    with pytest.raises(NotFound, match="has no file 'tokenizer.json'") as info:
+        client.read_file("model", "read-one-model", "tokenizer.json")
+    assert info.value.param == "paths"
+
+    # The raw stream: only the files asked for, in manifest order, behind the whole manifest.
+    with grpc.insecure_channel(registry.target) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        request = registry_pb2.DownloadArtifactRequest(
+            kind=registry_pb2.ARTIFACT_KIND_MODEL,
+            ref="read-one-model",
+            paths=["model.safetensors", "config.json"],
+        )
+        messages = list(stub.DownloadArtifact(request, timeout=30))
+    assert [f.path for f in messages[0].version.manifest.files] == [
+        "config.json",
+        "model.safetensors",
+    ]
+    sent = [m.chunk.path for m in messages[1:]]
+    assert sorted(set(sent), key=sent.index) == ["config.json", "model.safetensors"]
+
+
+def test_create_job_reads_the_base_model_config_without_pulling_its_weights(
+    registry, client, tmp_path
+):
+    """Admission used to pull the whole base model during CreateJob to read config.json."""
+    from services.client.trainer import TrainerClient
+    from services.common.stubs import trainer_pb2
+    from tests.helpers.trainer_process import start_trainer
+
+    _push_shaped_model(client, tmp_path, "admit-model")
+    client.push("dataset", "admit-data", write_dataset(tmp_path / "admit.jsonl"))
+    spec = trainer_pb2.TrainingSpec(
+        base_model="admit-model",
+        dataset="admit-data",
+        output_name="admit-lora",
+        lora=trainer_pb2.LoraConfig(r=4),
+        hyperparameters=trainer_pb2.Hyperparameters(max_steps=1, batch_size=1),
+    )
+    trainer = start_trainer(tmp_path / "trainer-home", registry.target)
+    cache = trainer.home / "trainer" / "cache"
+    try:
+        trainer_client = TrainerClient(trainer.target, timeout=60)
+        assert trainer_client.estimate_memory(spec).peak_bytes > 0
+        assert not list(cache.rglob("model.safetensors"))
+        job = trainer_client.create_job(spec)
+        # Checked before the job's worker (a new process, which does pull the model) can start.
+        assert not list(cache.rglob("model.safetensors"))
+        assert job.estimated_peak_memory_bytes > 0
+        trainer_client.cancel_job(job.id)
+    finally:
+        trainer.stop()

@@ -20,10 +20,10 @@ import pytest
 from services.client.registry import RegistryClient
 from services.client.trainer import TrainerClient
 from services.common.errors import (
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    TuneplexError,
     Unavailable,
 )
 from services.common.stubs import trainer_pb2
@@ -93,18 +93,15 @@ def alive(pid: int) -> bool:
         return False
 
 
-
 def test_lora_job_resumes_after_worker_and_service_kills_and_publishes(
     trainer, registry, base_model_dir, tmp_path
 ):
     client = TrainerClient(trainer.target)
-    job = client.create_job(
-        spec(validation_dataset="trainer-caps-val", hp=dict(eval_steps=15)),
-        idempotency_key="main-job",
-    )
+    main_spec = spec(validation_dataset="trainer-caps-val", hp=dict(eval_steps=15))
+    job = client.create_job(main_spec, idempotency_key="main-job")
     assert job.state == trainer_pb2.JOB_STATE_QUEUED
     assert job.estimated_peak_memory_bytes > 0
-    assert client.create_job(spec(), idempotency_key="main-job").id == job.id
+    assert client.create_job(main_spec, idempotency_key="main-job").id == job.id
 
     events: list[trainer_pb2.JobEvent] = []
     faults_done: list[str] = []
@@ -194,9 +191,17 @@ def test_lora_job_resumes_after_worker_and_service_kills_and_publishes(
     # again: the retry finds the version its job published instead of training and pushing a
     # second one.
     retry = subprocess.run(
-        [sys.executable, "-m", "services.trainer.worker", "--job-dir",
-         str(trainer.home / "trainer" / "jobs" / job.id)],
-        capture_output=True, text=True, timeout=120, env={**trainer.env},
+        [
+            sys.executable,
+            "-m",
+            "services.trainer.worker",
+            "--job-dir",
+            str(trainer.home / "trainer" / "jobs" / job.id),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**trainer.env},
     )
     assert retry.returncode == 0, retry.stderr[-2000:]
     emitted = [parse_event_line(line) for line in retry.stdout.splitlines()]
@@ -218,8 +223,10 @@ def test_published_version_holds_tensorboard_events_and_compares(registry, tmp_p
         try:
             reg.pull("adapter", "caps-lora@1", tmp_path / "adapter")
         except NotFound:
-            pytest.fail("caps-lora@1 is missing: the main job test above publishes it (run the "
-                        "module, not this test alone)")
+            pytest.fail(
+                "caps-lora@1 is missing: the main job test above publishes it (run the "
+                "module, not this test alone)"
+            )
         dataset = reg.resolve("dataset", "trainer-caps@1")
     report = json.loads((tmp_path / "adapter" / "training_report.json").read_text())
 
@@ -274,12 +281,18 @@ def test_cancel_stops_the_worker_within_seconds_and_keeps_checkpoints(trainer):
 def test_same_idempotency_key_twice_makes_one_job(trainer):
     with TrainerClient(trainer.target) as client:
         first = client.create_job(spec(output_name="caps-idem"), idempotency_key="idem-1")
-        second = client.create_job(spec(output_name="caps-idem"), idempotency_key="idem-1")
-        assert first.id == second.id
+        # The same request with a default spelled out is the same request (AIP-155).
+        same = spec(output_name="caps-idem", hp=dict(seed=42))
+        assert client.create_job(same, idempotency_key="idem-1").id == first.id
+        jobs_before = len(client.list_jobs())
+        other_lr = spec(output_name="caps-idem", hp=dict(learning_rate=1e-3))
+        with pytest.raises(AlreadyExists) as refused:
+            client.create_job(other_lr, idempotency_key="idem-1")
+        assert refused.value.code == "idempotency_key_reused"
+        assert first.id in refused.value.message and "learning_rate" in refused.value.message
+        assert len(client.list_jobs()) == jobs_before  # no second job
         same_key = [j for j in client.list_jobs() if j.idempotency_key == "idem-1"]
-        assert len(same_key) == 1
-        with pytest.raises(TuneplexError, match="different spec"):
-            client.create_job(spec(output_name="other"), idempotency_key="idem-1")
+        assert [j.id for j in same_key] == [first.id]
         client.cancel_job(first.id)
         wait_for_final(client, first.id, timeout=10)
 

@@ -74,3 +74,23 @@ def test_every_setting_has_a_flag():
 def test_a_choice_outside_the_declaration_is_a_usage_error():
     result = CliRunner().invoke(probe, ["--dataset", "d", "-o", "x", "--method", "sft"])
     assert result.exit_code == 2 and "lora" in result.output
+
+
+def test_the_issue_18_settings_are_flags_and_num_gpus_0_reaches_the_wire_as_a_value():
+    settings, _ = parse(
+        "--dataset", "d", "-o", "x", "--num-gpus", "0", "--lora-dropout", "0",
+        "--target-modules", "q_proj", "--use-rslora", "--loraplus-lr-ratio", "16",
+        "--neftune-noise-alpha", "5", "--gradient-checkpointing", "--packing",
+        "--validation-dataset", "d-val", "--early-stopping-patience", "3",
+    )  # fmt: skip
+    spec = spec_from_values(settings)
+    assert spec.HasField("num_gpus") and spec.num_gpus == 0  # the CPU, not "all GPUs"
+    assert spec.lora.HasField("dropout") and spec.lora.dropout == 0
+    assert list(spec.lora.target_modules) == ["q_proj"] and spec.lora.use_rslora
+    assert spec.lora.loraplus_lr_ratio == 16
+    hp = spec.hyperparameters
+    assert (hp.neftune_noise_alpha, hp.gradient_checkpointing, hp.packing) == (5, True, True)
+    assert (spec.validation_dataset, hp.early_stopping_patience) == ("d-val", 3)
+    unset, _ = parse("--dataset", "d", "-o", "x")
+    assert not spec_from_values(unset).HasField("num_gpus")  # the trainer's GPUs decide
+    assert parse("--dataset", "d", "-o", "x", "--num-gpus", "2")[0]["num_gpus"] == 2

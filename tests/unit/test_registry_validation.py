@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.common.stubs import registry_pb2
+from services.registry.lora_shapes import check_lora_shapes
 from services.registry.safetensors_check import SafetensorsCheck
 from services.registry.validation import plan_upload
 from tests.helpers.registry_artifacts import (
@@ -171,13 +172,21 @@ def test_sqlite_with_other_files_refused(tmp_path):
     write_sqlite(tmp_path / "a.db")
     (tmp_path / "b.jsonl").write_text('{"text": "x"}\n')
     with pytest.raises(InvalidArgument, match="exactly one database file"):
-        plan_upload(header_for(tmp_path, kind=DATASET), max_upload_bytes=10**9,
-                    max_example_chars=1000)
+        plan_upload(
+            header_for(tmp_path, kind=DATASET), max_upload_bytes=10**9, max_example_chars=1000
+        )
 
 
 def test_evaluation_info_from_the_summary(tmp_path):
-    write_evaluation(tmp_path, model="m@2", model_kind="model", eval_set="s@1", score=0.6,
-                     ci=(0.4, 0.8), num_items=3)
+    write_evaluation(
+        tmp_path,
+        model="m@2",
+        model_kind="model",
+        eval_set="s@1",
+        score=0.6,
+        ci=(0.4, 0.8),
+        num_items=3,
+    )
     info = run_plan(tmp_path, kind=EVALUATION, chunk=50)
     assert info.model_kind == registry_pb2.ARTIFACT_KIND_MODEL
     assert (info.model, info.eval_set, info.num_items, info.num_errors) == ("m@2", "s@1", 3, 0)
@@ -196,8 +205,9 @@ def test_evaluation_info_from_the_summary(tmp_path):
     ],
 )
 def test_broken_evaluation_refused(tmp_path, overrides, why):
-    write_evaluation(tmp_path, model="a@1", eval_set="s@1", score=0.5, num_items=3,
-                     overrides=overrides)
+    write_evaluation(
+        tmp_path, model="a@1", eval_set="s@1", score=0.5, num_items=3, overrides=overrides
+    )
     with pytest.raises(InvalidArgument, match=why):
         run_plan(tmp_path, kind=EVALUATION)
 
@@ -210,3 +220,55 @@ def test_evaluation_files_are_exactly_summary_and_results(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(InvalidArgument, match="exactly summary.json and results.jsonl"):
         run_plan(tmp_path, kind=EVALUATION)
+
+
+QWEN_LIKE = {  # grouped-query attention: k/v project to fewer features than q
+    "hidden_size": 64,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "intermediate_size": 160,
+}
+PREFIX = "base_model.model.model.layers.3"
+
+
+def test_lora_shapes_follow_the_base_config():
+    shapes = {
+        f"{PREFIX}.self_attn.q_proj.lora_A.weight": (4, 64),
+        f"{PREFIX}.self_attn.q_proj.lora_B.weight": (64, 4),
+        f"{PREFIX}.self_attn.k_proj.lora_B.weight": (16, 4),
+        f"{PREFIX}.self_attn.o_proj.lora_A.default.weight": (4, 64),
+        f"{PREFIX}.mlp.down_proj.lora_A.weight": (4, 160),
+        f"{PREFIX}.mlp.up_proj.lora_B.weight": (160, 4),
+        # not a standard projection of the config's sizes: not checked
+        f"{PREFIX}.mlp.experts.0.up_proj.lora_B.weight": (999, 4),
+        "base_model.model.lm_head.lora_B.weight": (7, 4),
+    }
+    check_lora_shapes("adapter_model.safetensors", shapes, QWEN_LIKE, "qwen@1")
+    check_lora_shapes("adapter_model.safetensors", {"x.lora_A.weight": (1, 1)}, {}, "m@1")
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "expected"),
+    [
+        (f"{PREFIX}.self_attn.v_proj.lora_B.weight", (64, 4), [16, 4]),
+        (f"{PREFIX}.self_attn.q_proj.lora_A.weight", (4, 32), [4, 64]),
+        (f"{PREFIX}.mlp.gate_proj.lora_B.weight", (128, 4), [160, 4]),
+        (f"{PREFIX}.mlp.down_proj.lora_A.weight", (4, 64), [4, 160]),
+    ],
+)
+def test_a_lora_shape_off_the_base_config_is_refused(name, shape, expected):
+    with pytest.raises(FailedPrecondition) as exc:
+        check_lora_shapes("adapter_model.safetensors", {name: shape}, QWEN_LIKE, "qwen@1")
+    assert (exc.value.code, exc.value.param) == ("base_model_mismatch", "base_model")
+    assert f"{name}' has shape {list(shape)} but base model qwen@1 needs {expected}" in (
+        exc.value.message
+    )
+
+
+def test_safetensors_check_records_shapes(tmp_path):
+    folder = write_adapter(tmp_path / "a", rank=4)
+    data = (folder / "adapter_model.safetensors").read_bytes()
+    check = SafetensorsCheck("w", len(data), check_finite=False)
+    check.feed(data)
+    check.finish()
+    assert check.tensor_shapes[f"{PREFIX[:-1]}1.self_attn.v_proj.lora_B.weight"] == (64, 4)

@@ -45,6 +45,37 @@ def test_only_assistant_turns_are_trained_on_in_multi_turn_chats(tokenizer):
     assert all(everything["assistant_masks"])
 
 
+def test_an_assistant_turn_of_weight_0_is_context_not_target(tokenizer, tmp_path):
+    """The first assistant turn has weight 0: exactly its tokens leave the mask (TRL gives
+    them label -100), the conversation's tokens stay the same, the later turn is trained."""
+    turns = [("user", "2+2?"), ("assistant", "4"), ("user", "3+3?"), ("assistant", "6")]
+    chat = [{"role": r, "content": c} for r, c in turns]
+    chat[1]["weight"] = 0
+    chat[3]["weight"] = 1
+    path = tmp_path / "weighted.jsonl"
+    path.write_text(json.dumps({"messages": chat}) + "\n")
+    (example,) = tokenize_chat_file(path, tokenizer, 1024, train_on_prompt=False)
+    plain = [{"role": r, "content": c} for r, c in turns]
+    unweighted = tokenize_conversation(tokenizer, plain, train_on_prompt=False)
+    assert example["input_ids"] == unweighted["input_ids"]
+    assert masked_text(tokenizer, example) == "6<|im_end|>\n"
+    dropped = [
+        t
+        for t, now, before in zip(
+            example["input_ids"],
+            example["assistant_masks"],
+            unweighted["assistant_masks"],
+            strict=True,
+        )
+        if before and not now
+    ]
+    assert tokenizer.decode(dropped) == "4<|im_end|>\n"
+    everything = tokenize_conversation(tokenizer, to_messages({"messages": chat}, 1), True)
+    masks = zip(everything["input_ids"], everything["assistant_masks"], strict=True)
+    kept_out = [t for t, m in masks if not m]
+    assert tokenizer.decode(kept_out) == "4<|im_end|>\n"
+
+
 def test_prompt_completion_rows_become_chats(tokenizer):
     messages = to_messages({"prompt": "hi", "completion": "hello"}, 1)
     assert [m["role"] for m in messages] == ["user", "assistant"]
@@ -75,6 +106,26 @@ def test_an_all_ones_mask_is_refused_unless_training_on_the_prompt():
         ('{"text": "no chat"}', "neither `messages` nor `prompt`+`completion`"),
         ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant message"),
         ('{"messages": [{"role": "wizard", "content": "hi"}]}', "role in"),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, '
+            '{"role": "assistant", "content": "a", "weight": 2}]}',
+            "rule: invalid_weight",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "q", "weight": 0}, '
+            '{"role": "assistant", "content": "a"}]}',
+            "rule: weight_not_on_assistant",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, '
+            '{"role": "assistant", "content": "", "tool_calls": []}]}',
+            "rule: tool_calls_unsupported",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, '
+            '{"role": "assistant", "content": "a", "weight": 0}]}',
+            "nothing to learn",
+        ),
     ],
 )
 def test_malformed_rows_are_refused_with_the_line(tokenizer, tmp_path, line, says):

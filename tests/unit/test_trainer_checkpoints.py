@@ -3,8 +3,12 @@ ignored and cleared."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from services.trainer.checkpoints import (
     MARKER,
+    checkpoint_at,
+    checkpoint_path,
     clear_staging,
     commit_checkpoint,
     complete_checkpoints,
@@ -53,3 +57,35 @@ def test_clear_staging_drops_half_written_checkpoints(tmp_path):
     staged(staging, 40)
     clear_staging(staging)
     assert staging.is_dir() and not any(staging.iterdir())
+
+
+def test_checkpoint_at_finds_only_a_complete_one(tmp_path):
+    final = tmp_path / "checkpoints"
+    commit_checkpoint(staged(tmp_path / "s", 10), final)
+    (final / "checkpoint-20").mkdir()  # renamed, killed before the marker
+    assert checkpoint_at(final, 10).path == checkpoint_path(final, 10) == final / "checkpoint-10"
+    assert checkpoint_at(final, 20) is None and checkpoint_at(final, 30) is None
+
+
+def test_the_trainer_loads_the_best_checkpoint_from_where_it_was_committed(tmp_path):
+    """transformers records the best checkpoint in the staging folder it wrote it to; once
+    committed (and after a resume, whose state names the staging path that is gone) it must
+    point at the committed copy, or ``load_best_model_at_end`` silently keeps the last
+    weights."""
+    from services.trainer.recipes.common import EventCallback
+
+    staging, final = tmp_path / "_staging", tmp_path / "checkpoints"
+    events = EventCallback(staging, final)
+    args = SimpleNamespace(should_save=True, load_best_model_at_end=True)
+    state = SimpleNamespace(
+        global_step=4, best_global_step=4, best_model_checkpoint=str(staged(staging, 4))
+    )
+    events.on_save(args, state, None)
+    assert state.best_model_checkpoint == str(final / "checkpoint-4")
+    assert (final / "checkpoint-4" / "adapter_model.safetensors").is_file()
+
+    resumed = SimpleNamespace(
+        global_step=6, best_global_step=4, best_model_checkpoint=None, num_input_tokens_seen=0
+    )
+    events.on_train_begin(args, resumed, None)
+    assert resumed.best_model_checkpoint == str(final / "checkpoint-4")

@@ -1,5 +1,6 @@
 """The Kubernetes Job a trainer job becomes: valid against the API schemas (unknown fields
-rejected), restricted Pod Security, no retries of its own, GPUs asked for as configured."""
+rejected), restricted Pod Security, no retries of its own, GPUs asked for as configured, job
+folders on the checkpoint claim when there is one."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 
 import pytest
 
-from services.common.k8s_schema import K8S_VERSIONS, validate_manifests
+from services.common.k8s_schema import K8S_VERSIONS, pod_security_errors, validate_manifests
 from services.trainer.runners.deepspeed import zero_config
-from services.trainer.runners.kubernetes import build_job_manifest
+from services.trainer.runners.kubernetes import WORK_MOUNT, build_job_manifest
 from services.trainer.worker.protocol import CONFIG_ENV, DEEPSPEED_ENV
 
 WORKER = {"job_id": "job-abc", "registry_target": "tuneplex-registry:50051"}
@@ -27,6 +28,7 @@ def manifest(**kw) -> dict:
         zero_stage=0,
         gpu_resource="nvidia.com/gpu",
         memory_bytes=3 * 2**30,
+        cpus=4,
     )
     args.update(kw)
     return build_job_manifest(**args)
@@ -37,6 +39,7 @@ def manifest(**kw) -> dict:
 def test_manifest_is_valid_strictly(version, gpus):
     job = manifest(num_gpus=gpus, zero_stage=3 if gpus > 1 else 0, checkpoint_claim="ckpt")
     assert validate_manifests([job], version) == []
+    assert pod_security_errors([job]) == []
 
 
 def test_the_service_does_the_retries_and_the_pod_is_restricted():
@@ -59,8 +62,25 @@ def test_the_service_does_the_retries_and_the_pod_is_restricted():
     key = env["TUNEPLEX_TRAINER_REGISTRY_API_KEY"]["valueFrom"]["secretKeyRef"]
     assert key["name"] == "tuneplex-api-key", "the key is referenced, never rendered"
     assert container["resources"]["limits"]["memory"] == "3072Mi"
+    # Without a CPU limit the pod fails our Pod Security rules and its threads cannot size.
+    assert container["resources"]["limits"]["cpu"] == "4"
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert {"name": "work", "emptyDir": {}} in pod["volumes"]
+    assert pod_security_errors([job]) == []
+
+
+def test_the_checkpoint_claim_holds_the_job_folder_the_worker_is_given():
+    job = manifest(checkpoint_claim="tuneplex-checkpoints")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claim = volumes[mounts[WORK_MOUNT]]["persistentVolumeClaim"]
+    assert claim == {"claimName": "tuneplex-checkpoints"}
+    job_dir = container["command"][container["command"].index("--job-dir") + 1]
+    assert job_dir.startswith(WORK_MOUNT + "/"), "checkpoints must land on the claim"
+    # A claim full of checkpoints is not chowned file by file at every pod start.
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
 
 
 def test_multi_gpu_jobs_launch_torchrun_with_a_zero_config():

@@ -205,3 +205,42 @@ def test_derived_defaults_follow_the_settings_they_depend_on():
     two = DeviceInfo(cuda=True, gpu_count=2, memory_bytes=80 * 2**30, name="cuda")
     assert training_config_from_proto(spec(num_gpus=2, zero_stage=3), two).zero_stage == 3
     assert training_config_from_proto(spec(num_gpus=1), GPU).zero_stage == 0
+
+
+TWO_GPUS = DeviceInfo(cuda=True, gpu_count=2, memory_bytes=80 * 2**30, name="cuda:H100")
+
+
+def test_an_unset_num_gpus_is_every_gpu_of_the_device_and_the_stored_spec_says_so():
+    c = training_config_from_proto(spec(), TWO_GPUS)
+    assert (c.num_gpus, c.zero_stage, c.precision) == (2, 2, "bf16")
+    stored = training_config_to_proto(c)
+    assert stored.HasField("num_gpus") and stored.num_gpus == 2
+    assert training_config_from_proto(spec(), GPU).num_gpus == 1
+    assert training_config_from_proto(spec(), CPU).num_gpus == 0
+
+
+def test_an_explicit_zero_trains_on_the_cpu_of_a_gpu_trainer():
+    zero = spec()
+    zero.num_gpus = 0  # present on the wire: a value, not "unset"
+    c = training_config_from_proto(zero, TWO_GPUS)
+    # The CPU's rules, not the GPU's: no ZeRO, fp32 on a CPU without bf16 units, no qlora.
+    assert (c.num_gpus, c.zero_stage, c.precision) == (0, 0, "fp32")
+    assert training_config_to_proto(c).HasField("num_gpus")
+    qlora = spec(method=trainer_pb2.METHOD_QLORA)
+    qlora.num_gpus = 0
+    with pytest.raises(FailedPrecondition, match="num_gpus=0 trains on the CPU") as caught:
+        training_config_from_proto(qlora, TWO_GPUS)
+    assert caught.value.param == "training.method"
+    fp16 = spec(hp=dict(precision=trainer_pb2.PRECISION_FP16))
+    fp16.num_gpus = 0
+    with pytest.raises(FailedPrecondition, match="needs a CUDA GPU"):
+        training_config_from_proto(fp16, TWO_GPUS)
+
+
+@pytest.mark.parametrize(("device", "use_cpu"), [(TWO_GPUS, False), (GPU, False), (CPU, True)])
+def test_the_trainer_arguments_train_where_num_gpus_resolved(tmp_path, device, use_cpu):
+    from services.trainer.recipes.common import sft_args
+
+    # fp32: TrainingArguments refuses bf16 where this test machine has no CUDA to run it.
+    c = training_config_from_proto(spec(hp=dict(precision=trainer_pb2.PRECISION_FP32)), device)
+    assert sft_args(c, tmp_path, has_eval=False, packing=False).use_cpu is use_cpu

@@ -4,8 +4,9 @@ TRL's ``assistant_only_loss`` needs ``{% generation %}`` markers that most templ
 included) lack, and its ``completion_only_loss`` trains only the last turn. So the mask is
 computed here for every assistant turn: the template renders each conversation prefix, the
 characters an assistant turn adds are assistant text, and the tokenizer's offsets map them onto
-tokens. TRL then takes the pre-tokenized rows (``input_ids`` + ``assistant_masks``) and builds
-labels, truncates and packs them itself.
+tokens. An assistant turn with ``weight`` 0 (``services.common.chat_messages``) stays in the
+context but out of the mask. TRL then takes the pre-tokenized rows (``input_ids`` +
+``assistant_masks``) and builds labels (-100 where the mask is 0) itself.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import itertools
 import json
 from pathlib import Path
 
+from services.common.chat_messages import check_message_extras, is_trained
 from services.common.errors import InvalidArgument
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -68,7 +70,7 @@ def to_messages(row: dict, n: int, param: str = "training.dataset") -> list[dict
         )
     if not isinstance(messages, list) or not messages:
         raise _bad(f"example {n}: `messages` must be a non-empty list", param)
-    for m in messages:
+    for i, m in enumerate(messages, 1):
         if (
             not isinstance(m, dict)
             or m.get("role") not in ROLES
@@ -77,21 +79,41 @@ def to_messages(row: dict, n: int, param: str = "training.dataset") -> list[dict
             raise _bad(
                 f"example {n}: each message needs a role in {ROLES} and a string content", param
             )
+        # The registry refuses these at upload; a dataset stored before it did is refused here,
+        # rather than trained otherwise than it says.
+        broken = check_message_extras(m, i)
+        if broken is not None:
+            raise _bad(f"example {n}: {broken[1]} (rule: {broken[0]})", param)
     if not any(m["role"] == "assistant" for m in messages):
         raise _bad(f"example {n} has no assistant message to learn from", param)
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    if not any(is_trained(m) for m in messages):
+        raise _bad(f"example {n}: every assistant message has weight 0, nothing to learn", param)
+    return [_kept(m) for m in messages]
+
+
+def _kept(message: dict) -> dict:
+    """What a message is to the trainer: role, content and, when it says so, weight 0."""
+    kept = {"role": message["role"], "content": message["content"]}
+    if not is_trained(message) and message["role"] == "assistant":
+        kept["weight"] = 0
+    return kept
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+    shown_to_template = [{"role": m["role"], "content": m["content"]} for m in messages]
     return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
+        shown_to_template, tokenize=False, add_generation_prompt=generation_prompt
     )
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns."""
+def assistant_spans(
+    tokenizer, messages: list[dict]
+) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns: those
+    trained on, and those with weight 0."""
     text = _render(tokenizer, messages, False)
-    spans = []
+    spans: list[tuple[int, int]] = []
+    untrained: list[tuple[int, int]] = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
@@ -105,18 +127,20 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
                 param="training.hyperparameters.train_on_prompt",
                 code="dataset_invalid",
             )
-        spans.append((len(before), len(through)))
-    return text, spans
+        (spans if is_trained(m) else untrained).append((len(before), len(through)))
+    return text, spans, untrained
 
 
 def tokenize_conversation(tokenizer, messages: list[dict], train_on_prompt: bool) -> dict:
-    """``input_ids`` and ``assistant_masks`` (1 where the loss applies) of one conversation."""
-    text, spans = assistant_spans(tokenizer, messages)
+    """``input_ids`` and ``assistant_masks`` (1 where the loss applies) of one conversation.
+    ``train_on_prompt`` trains on every token but those of weight-0 assistant turns."""
+    text, spans, untrained = assistant_spans(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    starts = [start for start, _ in enc["offset_mapping"]]
     if train_on_prompt:
-        mask = [1] * len(enc["input_ids"])
+        mask = [int(not any(a <= start < b for a, b in untrained)) for start in starts]
     else:
-        mask = [int(any(a <= start < b for a, b in spans)) for start, _ in enc["offset_mapping"]]
+        mask = [int(any(a <= start < b for a, b in spans)) for start in starts]
     return {"input_ids": list(enc["input_ids"]), "assistant_masks": mask}
 
 

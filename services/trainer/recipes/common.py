@@ -15,9 +15,15 @@ from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
 from services.common.errors import TuneplexError
-from services.trainer.checkpoints import clear_staging, commit_checkpoint, latest_checkpoint
+from services.trainer.checkpoints import (
+    checkpoint_at,
+    checkpoint_path,
+    clear_staging,
+    commit_checkpoint,
+    latest_checkpoint,
+)
 from services.trainer.device import training_threads
-from services.trainer.recipes.report import write_report
+from services.trainer.recipes.report import published_weights, write_report
 from services.trainer.recipes.tracking import RUNS_DIR, choose_trackers
 from services.trainer.recipes.trained_positions import score_trained_positions_only
 from services.trainer.spec import TrainingConfig
@@ -161,6 +167,7 @@ def sft_args(
     same_name = {f.name for f in fields(SFTConfig)} & set(type(config).model_fields)
     by_name = {name: getattr(config, name) for name in same_name}
     eval_strategy = ("steps" if config.eval_steps else "epoch") if has_eval else "no"
+    keep_best = bool(config.early_stopping_patience) and has_eval
     spelled_out = dict(
         output_dir=str(staging),
         num_train_epochs=config.epochs,
@@ -179,8 +186,13 @@ def sft_args(
         data_seed=config.seed,
         eval_strategy=eval_strategy,
         eval_steps=config.eval_steps or None,
-        save_strategy="steps",
-        metric_for_best_model="eval_loss" if config.early_stopping_patience else None,
+        # Early stopping publishes the best evaluated weights, so each evaluation is also a
+        # checkpoint (transformers refuses ``load_best_model_at_end`` otherwise, and an eval step
+        # without one could not be loaded); the Trainer loads the best at the end.
+        save_strategy=eval_strategy if keep_best else "steps",
+        save_steps=(config.eval_steps or config.save_steps) if keep_best else config.save_steps,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if keep_best else None,
         logging_steps=1,
         logging_first_step=True,
         include_num_input_tokens_seen="non_padding",
@@ -191,6 +203,7 @@ def sft_args(
         use_cpu=config.num_gpus == 0,
         deepspeed=str(deepspeed) if deepspeed else None,
         # Our own callback commits checkpoints atomically; the Trainer's rotation would race it.
+        # Every checkpoint is kept, so the best one is there to load.
         save_total_limit=None,
     )
     return SFTConfig(**(by_name | spelled_out))
@@ -209,6 +222,8 @@ class EventCallback(TrainerCallback):
         self.started = time.monotonic()
         self.first_step = state.global_step
         self.first_tokens = state.num_input_tokens_seen
+        # A resumed state names the best checkpoint in the staging folder, which is gone.
+        self.point_at_best(args, state)
         emit("state", state="RUNNING", message=f"training from step {state.global_step}")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -234,12 +249,21 @@ class EventCallback(TrainerCallback):
             emit("eval", step=state.global_step, metrics=evals)
 
     def on_save(self, args, state, control, **kwargs):
-        if not args.should_save:
-            return
-        staged = self.staging / f"checkpoint-{state.global_step}"
-        final = commit_checkpoint(staged, self.checkpoint_dir)
-        size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
-        emit("checkpoint", step=state.global_step, size_bytes=size)
+        if args.should_save:
+            staged = self.staging / f"checkpoint-{state.global_step}"
+            final = commit_checkpoint(staged, self.checkpoint_dir)
+            size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
+            emit("checkpoint", step=state.global_step, size_bytes=size)
+        self.point_at_best(args, state)
+
+    def point_at_best(self, args, state) -> None:
+        """transformers records the best checkpoint where it wrote it, in the staging folder
+        that ``on_save`` empties; ``load_best_model_at_end`` must find our committed copy. Every
+        rank points there: under DeepSpeed each rank loads it."""
+        if args.load_best_model_at_end and state.best_global_step:
+            state.best_model_checkpoint = str(
+                checkpoint_path(self.checkpoint_dir, state.best_global_step)
+            )
 
 
 class TensorBoardEvents(TensorBoardCallback):
@@ -364,7 +388,7 @@ def fit(
         Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
     emit("log", message=trackers.message)
     callbacks: list = [events, TensorBoardEvents(output / RUNS_DIR)]
-    if t.early_stopping_patience:
+    if t.early_stopping_patience and eval_rows:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
     runtime = {"threads": use_training_threads()} if t.num_gpus == 0 else {}
     runtime |= runtime_choices(t, model, packing=packing)
@@ -383,8 +407,10 @@ def fit(
         report_to=trackers.report_to,
     )
     train_output = trainer.train(resume_from_checkpoint=resume)
-    if eval_rows and not any("eval_loss" in h for h in trainer.state.log_history[-3:]):
-        trainer.evaluate()  # the report's eval loss is that of the final weights
+    best_step = loaded_best_step(trainer, checkpoint_dir)
+    evaluated = any("eval_loss" in h for h in trainer.state.log_history[-3:])
+    if eval_rows and best_step is None and not evaluated:
+        trainer.evaluate()  # the report's eval loss is that of the published weights
     output.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(output))
     tokenizer.save_pretrained(str(output))
@@ -401,9 +427,23 @@ def fit(
         started=started,
         first_step=events.first_step,
         choices=runtime,
+        published=published_weights(
+            trainer.state, best_step=best_step, patience=t.early_stopping_patience
+        ),
     )
     emit("result", metrics=report["metrics"])
     return report
+
+
+def loaded_best_step(trainer, checkpoint_dir: Path) -> int | None:
+    """The step of the checkpoint the Trainer loaded back at the end of training (early
+    stopping's best eval loss), or None when the model holds the last step's weights."""
+    state = trainer.state
+    if not (trainer.args.load_best_model_at_end and state.best_global_step):
+        return None
+    best = checkpoint_at(checkpoint_dir, state.best_global_step)
+    # transformers skips the load, with only a warning, when the folder is missing.
+    return best.step if best and str(best.path) == state.best_model_checkpoint else None
 
 
 def _shown(value: Any) -> str:

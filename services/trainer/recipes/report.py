@@ -1,6 +1,7 @@
 """What a finished run leaves beside its weights: ``training_report.json`` (base model,
 hyper-parameters, dataset sha256, hardware, peak memory, wall time, tokens/s, final losses and
-token accuracy, the logged loss at every step) and ``loss_curve.png``."""
+token accuracy, the logged loss at every step, which step's weights were published and why) and
+``loss_curve.png``."""
 
 from __future__ import annotations
 
@@ -38,9 +39,14 @@ def hardware() -> dict:
     }
 
 
-def final_metrics(log_history: list[dict], train_output) -> dict[str, float]:
+def final_metrics(
+    log_history: list[dict], train_output, published_step: int | None = None
+) -> dict[str, float]:
+    """First and last train loss; the eval loss and accuracy of the published weights (the
+    evaluation at ``published_step``, else the last one)."""
     train = [h for h in log_history if "loss" in h]
     evals = [h for h in log_history if "eval_loss" in h]
+    evals = [h for h in evals if h.get("step") == published_step] or evals
     metrics = {
         "first_train_loss": float(train[0]["loss"]) if train else float("nan"),
         "train_loss": float(train[-1]["loss"]) if train else float("nan"),
@@ -102,6 +108,30 @@ def steady_tokens_per_second(log_history: list[dict], after_step: int = 0) -> fl
     return tokens / seconds if seconds > 0 else 0.0
 
 
+def published_weights(state, *, best_step: int | None, patience: int = 0) -> dict:
+    """Which step's weights a run's output holds and why, from the Trainer's ``state``:
+    ``published_step`` and ``published_because``. ``best_step`` is the checkpoint loaded back
+    at the end (early stopping's best eval loss), None when the output is the last step. Empty
+    when there was no choice to make (no early stopping): the weights are those of ``steps``."""
+    if best_step is None:
+        if not patience:
+            return {}
+        because = "last step"
+        if patience and state.best_global_step:
+            because += f" (the best checkpoint, step {state.best_global_step}, was not found)"
+        return {"published_step": state.global_step, "published_because": because}
+    evals = [h for h in state.log_history if "eval_loss" in h]
+    worse = sum(1 for h in evals if h["step"] > best_step)
+    if state.global_step < state.max_steps:
+        why = f"early stopping after {worse} evaluations without improvement"
+    else:
+        why = f"best of {len(evals)} evaluations; no early stop before the last step"
+    return {
+        "published_step": best_step,
+        "published_because": f"best eval_loss {state.best_metric:.4f} at step {best_step} ({why})",
+    }
+
+
 def write_report(
     config,
     output: Path,
@@ -112,11 +142,16 @@ def write_report(
     started: float,
     first_step: int = 0,
     choices: dict | None = None,
+    published: dict | None = None,
 ) -> dict:
-    """``training_report.json`` + ``loss_curve.png`` beside the saved weights."""
+    """``training_report.json`` + ``loss_curve.png`` beside the saved weights. ``published``
+    (``published_weights``) says which step they are when a step was chosen."""
     wall = time.monotonic() - started
     runtime = train_output.metrics.get("train_runtime") or wall
-    metrics = final_metrics(trainer.state.log_history, train_output)
+    published = published or {}
+    metrics = final_metrics(
+        trainer.state.log_history, train_output, published.get("published_step")
+    )
     metrics["train_runtime_seconds"] = float(runtime)
     metrics["tokens_per_second"] = tokens_seen / runtime if runtime else 0.0
     metrics["steady_tokens_per_second"] = steady_tokens_per_second(
@@ -136,6 +171,8 @@ def write_report(
         # batching, LM head, gradient checkpointing) and why.
         "runtime": choices or {},
         "steps": trainer.state.global_step,
+        # Which step the weights beside this report are, when early stopping chose one.
+        **published,
         "metrics": metrics,
         "loss_history": loss_history(trainer.state.log_history),
     }

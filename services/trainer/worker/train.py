@@ -6,6 +6,8 @@ with its report, loss curve and lineage as a new version. Under torchrun every r
 only rank 0 reports and publishes. A spec with an ``evaluation`` is also scored on its eval set
 (``training_eval.py``): checked before training, every checkpoint scored before publishing when
 asked (the best one is published), the published version recorded and promoted after.
+With early stopping the recipe's output already holds the step of the best eval loss (its
+report says which and why), and that is what is published.
 """
 
 from __future__ import annotations
@@ -77,8 +79,12 @@ def run(config: WorkerConfig, job_dir: Path, client: RegistryClient) -> str | No
             return None
         folder = output
         metrics = {k: float(v) for k, v in report["metrics"].items()}
+        # The output holds the last step's weights, or early stopping's best step's.
+        output_step = report.get("published_step", report["steps"])
+        if "published_step" in report:
+            metrics |= {"published_step": float(output_step)}
         if evaluation is not None and evaluation.evaluation.each_checkpoint:
-            choice = evaluation.choose_checkpoint(output, report["steps"], version_ref(model))
+            choice = evaluation.choose_checkpoint(output, output_step, version_ref(model))
             folder = publication_folder(choice.candidate, output, job_dir / "published")
             name_base_model(folder, model_dir, version_ref(model))  # the checkpoint's config
             record_checkpoint_choice(
