@@ -35,6 +35,21 @@ def _file_request(kind: str, ref: str, path: str) -> registry_pb2.DownloadArtifa
     return registry_pb2.DownloadArtifactRequest(kind=kind_value(kind), ref=ref, paths=[path])
 
 
+def _feed(sink: PullWriter | FileReader, message: registry_pb2.DownloadArtifactResponse) -> None:
+    """One message of a DownloadArtifact stream: the version first, then file chunks."""
+    if message.WhichOneof("payload") == "version":
+        sink.start(message.version)
+    else:
+        sink.chunk(message.chunk)
+
+
+def _drain(call, sink: PullWriter | FileReader) -> None:
+    """Feed a whole DownloadArtifact stream to ``sink``; registry errors become ours."""
+    with domain_errors():
+        for message in call:
+            _feed(sink, message)
+
+
 def _promote_request(
     kind: str,
     name: str,
@@ -120,12 +135,7 @@ class RegistryClient(BlockingClient):
         request = _ref_request(registry_pb2.DownloadArtifactRequest, kind, ref)
         call = self._stub.DownloadArtifact(request, metadata=self._metadata)
         try:
-            with domain_errors():
-                for message in call:
-                    if message.WhichOneof("payload") == "version":
-                        writer.start(message.version)
-                    else:
-                        writer.chunk(message.chunk)
+            _drain(call, writer)
             return writer.finish()
         finally:
             call.cancel()  # a no-op once complete; stops the stream after a local error
@@ -138,12 +148,7 @@ class RegistryClient(BlockingClient):
         reader = FileReader(path)
         call = self._stub.DownloadArtifact(_file_request(kind, ref, path), metadata=self._metadata)
         try:
-            with domain_errors():
-                for message in call:
-                    if message.WhichOneof("payload") == "version":
-                        reader.start(message.version)
-                    else:
-                        reader.chunk(message.chunk)
+            _drain(call, reader)
             return reader.finish()
         finally:
             call.cancel()
@@ -283,10 +288,7 @@ class AsyncRegistryClient(AsyncClient):
         try:
             with domain_errors():
                 async for message in call:
-                    if message.WhichOneof("payload") == "version":
-                        reader.start(message.version)
-                    else:
-                        reader.chunk(message.chunk)
+                    _feed(reader, message)
             return reader.finish()
         finally:
             call.cancel()

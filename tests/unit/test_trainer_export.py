@@ -28,6 +28,7 @@ from services.trainer.recipes.export import check_mergeable, training_of
 from services.trainer.recipes.ollama import CHATML_GO_TEMPLATE, chatml_default_system, modelfile
 from services.trainer.spec import TrainingConfig
 from services.trainer.worker.protocol import WorkerConfig
+from tests.helpers.admission_registry import SMOLLM2_CONFIG
 
 # SmolLM2-135M-Instruct's chat template, verbatim.
 SMOLLM2_TEMPLATE = (
@@ -191,18 +192,7 @@ def test_modelfile_fallback_for_other_templates(template):
     assert text.rstrip().splitlines()[-1] == 'PARAMETER stop "<|eot_id|>"'
 
 
-SMOLLM2 = ModelShape.from_config(
-    {
-        "hidden_size": 576,
-        "num_hidden_layers": 30,
-        "num_attention_heads": 9,
-        "num_key_value_heads": 3,
-        "head_dim": 64,
-        "intermediate_size": 1536,
-        "vocab_size": 49152,
-        "tie_word_embeddings": True,
-    }
-)
+SMOLLM2 = ModelShape.from_config(SMOLLM2_CONFIG)
 
 
 def test_merge_memory_is_about_twice_the_weights():

@@ -20,20 +20,9 @@ from services.trainer.memory import (
 )
 from services.trainer.service import memory_response
 from services.trainer.spec import TrainingConfig
+from tests.helpers.admission_registry import SMOLLM2_CONFIG
 
-# SmolLM2-135M's config.json.
-SMOLLM2 = ModelShape.from_config(
-    {
-        "hidden_size": 576,
-        "num_hidden_layers": 30,
-        "num_attention_heads": 9,
-        "num_key_value_heads": 3,
-        "head_dim": 64,
-        "intermediate_size": 1536,
-        "vocab_size": 49152,
-        "tie_word_embeddings": True,
-    }
-)
+SMOLLM2 = ModelShape.from_config(SMOLLM2_CONFIG)
 # A toy shape small enough to add up on paper.
 TOY = ModelShape(
     hidden=8,
