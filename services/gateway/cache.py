@@ -125,8 +125,9 @@ class VerifiedDiskCache:
                 except DataLoss:
                     pass  # evicted by verify(); fetch a good copy below
             metrics.CACHE_MISSES.inc()
-            # A fetched entry is verified before it is renamed into place: no second pass.
-            return await _timed("fetch", self.fetch(registry, kind, ref, key, in_use))
+            # A fetched entry is verified before it is renamed into place (`_download` times
+            # the two phases): no second pass over its files.
+            return await self.fetch(registry, kind, ref, key, in_use)
 
     def unservable(self, key: str) -> str | None:
         """Why the version with this key cannot be materialised here, if a fetch found out."""
@@ -179,8 +180,10 @@ class VerifiedDiskCache:
                         key: str) -> CachedVersion:
         staged = self._store.staging(key)
         try:
-            version = await registry.pull(kind, ref, staged)
-            return await asyncio.to_thread(self._store.commit, key, staged, version, ref)
+            version = await _timed("fetch", registry.pull(kind, ref, staged))
+            return await _timed(
+                "verify", asyncio.to_thread(self._store.commit, key, staged, version, ref)
+            )
         finally:
             await asyncio.to_thread(shutil.rmtree, staged, True)
 

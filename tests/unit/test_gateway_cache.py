@@ -151,3 +151,22 @@ def test_a_restart_keeps_a_download_another_replica_has_in_flight(tmp_path):
         assert in_flight.exists()
     VerifiedDiskCache(tmp_path, max_bytes=10_000)  # once its writer is gone, it is swept
     assert not in_flight.exists()
+
+
+def test_a_cold_copy_is_timed_as_one_fetch_and_one_verify(tmp_path):
+    """The load-duration histogram's phases (fetch, verify; vLLM's load is the engine's): a
+    cold copy is one of each, a warm one one verify. The e2e warm-promotion test counts them."""
+    from prometheus_client import REGISTRY
+
+    def count(phase: str) -> float:
+        name = "gateway_adapter_load_duration_seconds_count"
+        return REGISTRY.get_sample_value(name, {"phase": phase}) or 0.0
+
+    registry = FolderRegistry({"a@1": {"w.bin": b"abc"}})
+    cache = VerifiedDiskCache(tmp_path, max_bytes=10_000)
+    key = registry.version("a@1").manifest.sha256
+    before = {phase: count(phase) for phase in ("fetch", "verify")}
+    asyncio.run(cache.local_copy(registry, "adapter", "a@1", key))
+    assert {p: count(p) - n for p, n in before.items()} == {"fetch": 1, "verify": 1}
+    asyncio.run(cache.local_copy(registry, "adapter", "a@1", key))
+    assert {p: count(p) - n for p, n in before.items()} == {"fetch": 1, "verify": 2}
