@@ -50,6 +50,7 @@ ATTEMPT_ENV = "TUNEPLEX_WORKER_ATTEMPT"  # which attempt of the job this is, fro
 EVENT_PREFIX = "@@tuneplex-event "
 EXIT_DOMAIN_ERROR = 3  # the job is wrong, retrying cannot help
 EXIT_CRASH = 1  # retry: the service resumes from the newest complete checkpoint
+EXIT_PAUSED = 4  # PauseJob honoured: a checkpoint was committed; ResumeJob continues from it
 
 PR_SET_PDEATHSIG = 1
 
@@ -69,6 +70,9 @@ class WorkerConfig(BaseModel):
     gateway_url: str = DEFAULT_GATEWAY_URL
     cache_dir: Path
     deepspeed_config: Path | None = None
+    # The job's labels (services/common/labels.py), put on every version the job publishes, so
+    # an adapter carries its owner like the job that made it.
+    labels: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _one_kind(self) -> WorkerConfig:
