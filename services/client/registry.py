@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from services.client.grpc_channel import AsyncClient, BlockingClient, domain_errors
@@ -29,6 +29,15 @@ __all__ = ["KINDS", "AsyncRegistryClient", "RegistryClient", "kind_label", "kind
 
 def _ref_request(cls, kind: str, ref: str):
     return cls(kind=kind_value(kind), ref=ref)
+
+
+def _list_request(
+    kind: str | None, labels: Mapping[str, str] | None, page_token: str, page_size: int = 0
+) -> registry_pb2.ListArtifactsRequest:
+    kind_or_any = kind_value(kind) if kind else registry_pb2.ARTIFACT_KIND_UNSPECIFIED
+    return registry_pb2.ListArtifactsRequest(
+        kind=kind_or_any, labels=labels or {}, page_token=page_token, page_size=page_size
+    )
 
 
 def _file_request(kind: str, ref: str, path: str) -> registry_pb2.DownloadArtifactRequest:
@@ -107,8 +116,11 @@ class RegistryClient(BlockingClient):
         description: str = "",
         lineage: registry_pb2.Lineage | None = None,
         source: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> registry_pb2.ArtifactVersion:
-        """Upload ``path`` (a file or a folder) as the next version of ``kind/name``."""
+        """Upload ``path`` (a file or a folder) as the next version of ``kind/name``, with
+        ``labels`` on it (``services/common/labels.py``; a bad one is INVALID_ARGUMENT naming it,
+        before any byte is stored)."""
         files = local_files(path)
         entries = [file_entry(rel, p) for rel, p in files]
         header = upload_header(
@@ -120,6 +132,7 @@ class RegistryClient(BlockingClient):
             lineage=lineage,
             source=source,
         )
+        header.header.labels.update(labels or {})
 
         def requests():
             yield header
@@ -161,18 +174,32 @@ class RegistryClient(BlockingClient):
         request = registry_pb2.GetArtifactRequest(kind=kind_value(kind), name=name)
         return self._unary("GetArtifact", request).artifact
 
-    def list(self, kind: str | None = None) -> list[registry_pb2.Artifact]:
-        kind_or_any = kind_value(kind) if kind else registry_pb2.ARTIFACT_KIND_UNSPECIFIED
+    def list(
+        self, kind: str | None = None, *, labels: Mapping[str, str] | None = None
+    ) -> list[registry_pb2.Artifact]:
+        """Every artifact (of ``kind``), each with its latest version; with ``labels``, only
+        those whose latest version carries every pair."""
         out, token = [], ""
         while True:
-            response = self._unary(
-                "ListArtifacts",
-                registry_pb2.ListArtifactsRequest(kind=kind_or_any, page_token=token),
-            )
+            response = self._unary("ListArtifacts", _list_request(kind, labels, token))
             out.extend(response.artifacts)
             token = response.next_page_token
             if not token:
                 return out
+
+    def list_page(
+        self,
+        kind: str | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[builtins.list[registry_pb2.Artifact], str]:
+        """One page of ``list`` in (kind, name) order and the token of the next ("" at the
+        end): for a caller that pages itself (the gateway's ``/v1/files``)."""
+        request = _list_request(kind, labels, page_token, page_size)
+        response = self._unary("ListArtifacts", request)
+        return list(response.artifacts), response.next_page_token
 
     def versions(self, kind: str, name: str) -> builtins.list[registry_pb2.ArtifactVersion]:
         request = registry_pb2.ListArtifactVersionsRequest(kind=kind_value(kind), name=name)
@@ -244,6 +271,7 @@ class AsyncRegistryClient(AsyncClient):
         description: str = "",
         lineage: registry_pb2.Lineage | None = None,
         source: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> registry_pb2.ArtifactVersion:
         files = await asyncio.to_thread(local_files, path)
         entries = [await asyncio.to_thread(file_entry, rel, p) for rel, p in files]
@@ -256,6 +284,7 @@ class AsyncRegistryClient(AsyncClient):
             lineage=lineage,
             source=source,
         )
+        header.header.labels.update(labels or {})
 
         async def requests() -> AsyncIterator[registry_pb2.UploadArtifactRequest]:
             yield header
@@ -301,18 +330,28 @@ class AsyncRegistryClient(AsyncClient):
         request = registry_pb2.GetArtifactRequest(kind=kind_value(kind), name=name)
         return (await self._unary("GetArtifact", request)).artifact
 
-    async def list(self, kind: str | None = None) -> list[registry_pb2.Artifact]:
-        kind_or_any = kind_value(kind) if kind else registry_pb2.ARTIFACT_KIND_UNSPECIFIED
+    async def list(
+        self, kind: str | None = None, *, labels: Mapping[str, str] | None = None
+    ) -> list[registry_pb2.Artifact]:
         out, token = [], ""
         while True:
-            response = await self._unary(
-                "ListArtifacts",
-                registry_pb2.ListArtifactsRequest(kind=kind_or_any, page_token=token),
-            )
+            response = await self._unary("ListArtifacts", _list_request(kind, labels, token))
             out.extend(response.artifacts)
             token = response.next_page_token
             if not token:
                 return out
+
+    async def list_page(
+        self,
+        kind: str | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[builtins.list[registry_pb2.Artifact], str]:
+        request = _list_request(kind, labels, page_token, page_size)
+        response = await self._unary("ListArtifacts", request)
+        return list(response.artifacts), response.next_page_token
 
     async def versions(self, kind: str, name: str) -> builtins.list[registry_pb2.ArtifactVersion]:
         request = registry_pb2.ListArtifactVersionsRequest(kind=kind_value(kind), name=name)

@@ -117,6 +117,7 @@ class ArtifactRegistry:
                 lineage_json=convert.lineage_to_json(lineage),
                 info_json=convert.info_to_json(info),
                 base_model=base_model,
+                labels=plan.labels,
             ),
         )
         log.info("published %s %s@%d (%d bytes)", row.kind, row.name, row.version, row.total_size)

@@ -61,6 +61,7 @@ def version_to_proto(row: VersionRow) -> registry_pb2.ArtifactVersion:
         create_time=timestamp(row.create_time),
         description=row.description,
         aliases=row.aliases,
+        labels=row.labels,
     )
     json_format.Parse(row.lineage_json, version.lineage)
     for field, value in json.loads(row.info_json).items():

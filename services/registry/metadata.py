@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +46,7 @@ class VersionRow:
     create_time: float
     files: list[FileRow] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class NewVersion:
     lineage_json: str = "{}"
     info_json: str = "{}"
     base_model: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 class MetadataStore:
@@ -150,6 +152,10 @@ class MetadataStore:
                 "INSERT INTO files (artifact_id, version, position, path, size, sha256)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [(art_id, version, i, f.path, f.size, f.sha256) for i, f in enumerate(new.files)],
+            )
+            db.executemany(
+                "INSERT INTO version_labels (artifact_id, version, key, value) VALUES (?, ?, ?, ?)",
+                [(art_id, version, k, v) for k, v in sorted(new.labels.items())],
             )
             return self._version(db, art_id, new.kind, new.name, version)
 
@@ -266,9 +272,16 @@ class MetadataStore:
             return self._artifact(self._db, self._artifact_id(self._db, kind, name))
 
     def list_artifacts(
-        self, kind: str | None, after: tuple[str, str] | None, limit: int
+        self,
+        kind: str | None,
+        after: tuple[str, str] | None,
+        limit: int,
+        labels: Mapping[str, str] | None = None,
     ) -> list[ArtifactRow]:
-        where, args = [], []
+        """Live artifacts past ``after`` in (kind, name) order; with ``labels``, only those
+        whose latest version carries every pair."""
+        where: list[str] = []
+        args: list[object] = []
         if kind:
             where.append("kind = ?")
             args.append(kind)
@@ -277,6 +290,15 @@ class MetadataStore:
             args.extend(after)
         # Tombstones (every version deleted) are not artifacts to a reader.
         where.append("EXISTS (SELECT 1 FROM versions v WHERE v.artifact_id = artifacts.id)")
+        # In the query, not on the page: a filter applied after LIMIT would return short
+        # pages, or empty ones with a next token.
+        for key, value in sorted((labels or {}).items()):
+            where.append(
+                "EXISTS (SELECT 1 FROM version_labels l WHERE l.artifact_id = artifacts.id"
+                " AND l.key = ? AND l.value = ? AND l.version = (SELECT max(v.version)"
+                " FROM versions v WHERE v.artifact_id = artifacts.id))"
+            )
+            args.extend((key, value))
         sql = "SELECT id FROM artifacts WHERE " + " AND ".join(where)
         sql += " ORDER BY kind, name LIMIT ?"
         with self._lock:
@@ -412,6 +434,13 @@ class MetadataStore:
                 (art_id, version),
             )
         ]
+        labels = dict(
+            db.execute(
+                "SELECT key, value FROM version_labels WHERE artifact_id = ? AND version = ?"
+                " ORDER BY key",
+                (art_id, version),
+            ).fetchall()
+        )
         return VersionRow(
             kind,
             name,
@@ -425,4 +454,5 @@ class MetadataStore:
             v["create_time"],
             files,
             aliases,
+            labels,
         )

@@ -84,6 +84,23 @@ MIGRATIONS: list[str] = [
     GROUP BY kind, name
     ON CONFLICT (kind, name) DO UPDATE SET next_version = max(next_version, excluded.next_version);
     """,
+    # 3: labels of a version (services/common/labels.py), given at upload and as immutable as
+    # the version. A table rather than a JSON column: ListArtifacts filters on pairs in SQL,
+    # before the page is cut, through the (key, value) index.
+    """
+    CREATE TABLE version_labels (
+        artifact_id INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (artifact_id, version, key),
+        FOREIGN KEY (artifact_id, version) REFERENCES versions(artifact_id, version)
+            ON DELETE CASCADE
+    );
+    CREATE INDEX version_labels_pair ON version_labels(key, value);
+    CREATE TRIGGER version_labels_immutable BEFORE UPDATE ON version_labels
+    BEGIN SELECT RAISE(ABORT, 'versions are immutable'); END;
+    """,
 ]
 
 

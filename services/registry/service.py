@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from services.common.errors import InvalidArgument
+from services.common.labels import check_labels
 from services.common.stubs import registry_pb2, registry_pb2_grpc
 from services.registry import convert
 from services.registry.artifacts import ArtifactRegistry
@@ -63,7 +64,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             if not sep:
                 raise InvalidArgument("malformed page_token", param="page_token")
             after = (token_kind, token_name)
-        rows = await asyncio.to_thread(self.metadata.list_artifacts, kind, after, size + 1)
+        labels = check_labels(request.labels)
+        rows = await asyncio.to_thread(self.metadata.list_artifacts, kind, after, size + 1, labels)
         page = rows[:size]
         artifacts = []
         for row in page:

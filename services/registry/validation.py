@@ -1,8 +1,9 @@
 """What may be published: the rules per kind, checked as the files stream in.
 
-``plan_upload`` checks the header before a single byte is stored (names, paths, pickles,
-required files, size limit) and returns one checker per file; ``UploadPlan.info()`` then turns
-what the checkers saw into the version's kind-specific facts once every file has arrived.
+``plan_upload`` checks the header before a single byte is stored (names, labels, paths,
+pickles, required files, size limit) and returns one checker per file; ``UploadPlan.info()``
+then turns what the checkers saw into the version's kind-specific facts once every file has
+arrived.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import PurePosixPath
 
 from services.common.errors import InvalidArgument, ResourceExhausted, shown
 from services.common.eval_summary import RESULTS_FILE, SUMMARY_FILE, EvalSummary
+from services.common.labels import check_labels
 from services.common.stubs import registry_pb2
 from services.registry.dataset_check import DatasetCheck
 from services.registry.evaluation_check import ResultsCheck, evaluation_info, parse_summary
@@ -81,6 +83,8 @@ class UploadPlan:
     summary: Callable[[], EvalSummary | None] = field(default=lambda: None)
     # For adapters: the shape of each tensor in the weights (checked against the base model).
     tensor_shapes: Callable[[], dict[str, tuple[int, ...]]] = field(default=lambda: {})
+    # The header's labels, checked.
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def plan_upload(
@@ -116,13 +120,17 @@ def plan_upload(
             param="files",
             code="upload_too_large",
         )
+    labels = check_labels(header.labels)
     if kind == "dataset":
-        return _plan_dataset(header, files, max_example_chars)
-    if kind == "adapter":
-        return _plan_adapter(header, files)
-    if kind == "evaluation":
-        return _plan_evaluation(header, files)
-    return _plan_model(header, files)
+        plan = _plan_dataset(header, files, max_example_chars)
+    elif kind == "adapter":
+        plan = _plan_adapter(header, files)
+    elif kind == "evaluation":
+        plan = _plan_evaluation(header, files)
+    else:
+        plan = _plan_model(header, files)
+    plan.labels = labels
+    return plan
 
 
 def _plan_dataset(header, files, max_example_chars: int) -> UploadPlan:

@@ -3,6 +3,7 @@ directory and S3 (moto's server mode on loopback)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -594,3 +595,149 @@ def test_create_job_reads_the_base_model_config_without_pulling_its_weights(
         trainer_client.cancel_job(job.id)
     finally:
         trainer.stop()
+
+
+def _blob_is_stored(registry, moto_s3, path: Path) -> bool:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    key = f"blobs/sha256/{digest[:2]}/{digest}"
+    if registry.backend == "local":
+        return (registry.home / "registry" / "blobs" / key).exists()
+    from minio.error import S3Error
+
+    try:
+        moto_s3.minio().stat_object("registry-it", key)
+    except S3Error:
+        return False
+    return True
+
+
+def test_labels_round_trip_and_filter_across_pages(registry, client, tmp_path):
+    """5 datasets, 2 carrying the owner label: pages of one hold exactly those 2, in order."""
+    owner = {"tuneplex.owner": f"team-{registry.backend}", "openai.purpose": "fine-tune"}
+    other = {"tuneplex.owner": "someone-else", "openai.purpose": "fine-tune"}
+    pushed = {}
+    for n, labels in enumerate([other, owner, {}, owner, other]):
+        data = write_dataset(tmp_path / f"l{n}.jsonl", [chat_line(f"q{n}", "a")])
+        pushed[f"labelled-{n}"] = client.push("dataset", f"labelled-{n}", data, labels=labels)
+    assert dict(pushed["labelled-1"].labels) == owner
+    assert dict(client.resolve("dataset", "labelled-3@1").labels) == owner
+    assert dict(client.versions("dataset", "labelled-0")[0].labels) == other
+    assert dict(client.get("dataset", "labelled-1").latest.labels) == owner
+    assert dict(pushed["labelled-2"].labels) == {}
+
+    page, token = client.list_page("dataset", labels=owner, page_size=1)
+    assert [a.name for a in page] == ["labelled-1"] and token
+    page, token = client.list_page("dataset", labels=owner, page_size=1, page_token=token)
+    assert ([a.name for a in page], token) == (["labelled-3"], "")
+    assert [a.name for a in client.list(labels=owner)] == ["labelled-1", "labelled-3"]
+    assert [a.name for a in client.list("adapter", labels=owner)] == []
+    only_owner = {"tuneplex.owner": owner["tuneplex.owner"]}
+    assert [a.name for a in client.list("dataset", labels=only_owner)] == [
+        "labelled-1",
+        "labelled-3",
+    ]
+
+    # the filter reads the latest version: a new version without the label leaves the list
+    client.push("dataset", "labelled-3", tmp_path / "l3.jsonl", labels=other)
+    assert [a.name for a in client.list("dataset", labels=owner)] == ["labelled-1"]
+
+
+async def test_async_client_pushes_and_lists_by_label(registry, tmp_path):
+    labels = {"tuneplex.owner": f"async-{registry.backend}"}
+    data = write_dataset(tmp_path / "a.jsonl")
+    async with AsyncRegistryClient(registry.target, timeout=60) as aclient:
+        version = await aclient.push(
+            "dataset", f"async-labelled-{registry.backend}", data, labels=labels
+        )
+        assert dict(version.labels) == labels
+        assert [a.name for a in await aclient.list("dataset", labels=labels)] == [version.name]
+        page, token = await aclient.list_page(labels=labels, page_size=5)
+        assert ([a.name for a in page], token) == ([version.name], "")
+
+
+@pytest.mark.parametrize(
+    "labels, param, says",
+    [
+        ({"Owner": "a"}, "labels", "invalid label key 'Owner'"),
+        ({"owner": "line\nbreak"}, "labels.owner", "invalid value of label owner"),
+        ({f"k{i}": "v" for i in range(33)}, "labels", "33 labels"),
+    ],
+)
+def test_a_bad_label_is_refused_before_a_byte_is_stored(
+    registry, client, moto_s3, tmp_path, labels, param, says
+):
+    data = write_dataset(
+        tmp_path / "d.jsonl", [chat_line("never", f"stored {param} {len(labels)}")]
+    )
+    with pytest.raises(InvalidArgument, match=says) as exc:
+        client.push("dataset", "bad-labels", data, labels=labels)
+    assert exc.value.param == param
+    with pytest.raises(NotFound):
+        client.get("dataset", "bad-labels")
+    assert not _blob_is_stored(registry, moto_s3, data)
+    with pytest.raises(InvalidArgument, match=says):
+        client.list(labels=labels)
+
+
+def pair_line(question: str = "capital of France?", **outputs) -> str:
+    record = {
+        "input": {"messages": [{"role": "user", "content": question}]},
+        "preferred_output": [{"role": "assistant", "content": "Paris."}],
+        "non_preferred_output": [{"role": "assistant", "content": "London."}],
+    }
+    for key, value in outputs.items():
+        if value is None:
+            record.pop(key)
+        else:
+            record[key] = value
+    return json.dumps(record)
+
+
+def test_preference_dataset_is_accepted_with_its_count(client, tmp_path):
+    data = write_dataset(tmp_path / "prefs.jsonl", [pair_line(f"q{i}") for i in range(3)])
+    version = client.push("dataset", "prefs", data, labels={"openai.purpose": "fine-tune"})
+    assert (version.dataset.format, version.dataset.num_examples) == (
+        registry_pb2.DATASET_FORMAT_PREFERENCE,
+        3,
+    )
+    client.pull("dataset", "prefs", tmp_path / "out")
+    assert (tmp_path / "out" / "prefs.jsonl").read_bytes() == data.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (pair_line(non_preferred_output=None), "non_preferred_output is missing"),
+        (pair_line(preferred_output=None), "preferred_output is missing"),
+        (
+            pair_line(preferred_output=[{"role": "assistant", "content": ""}]),
+            r"preferred_output message 1 \(assistant\) is empty",
+        ),
+        (
+            pair_line(preferred_output=[{"role": "user", "content": "a"}]),
+            "preferred_output message has role 'user'",
+        ),
+        (
+            pair_line(
+                input={
+                    "messages": [
+                        {"role": "user", "content": "q"},
+                        {"role": "assistant", "content": "a"},
+                    ]
+                }
+            ),
+            "input.messages must end with a user message",
+        ),
+        (chat_line(), "chat \\(messages\\) record in a preference"),
+    ],
+)
+def test_each_preference_rule_is_refused_with_its_line(
+    registry, client, moto_s3, tmp_path, bad, says
+):
+    data = write_dataset(tmp_path / "prefs.jsonl", [pair_line(), pair_line("q2"), bad])
+    with pytest.raises(InvalidArgument, match=rf"prefs\.jsonl line 3: {says}") as exc:
+        client.push("dataset", "bad-prefs", data)
+    assert (exc.value.code, exc.value.param) == ("dataset_invalid", "file")
+    with pytest.raises(NotFound):
+        client.get("dataset", "bad-prefs")
+    assert not _blob_is_stored(registry, moto_s3, data)

@@ -183,3 +183,157 @@ def test_eval_rule_and_line_number_in_message(bad, rule):
         check([EVAL_GOOD, bad])
     assert exc.value.message.startswith("train.jsonl line 2: ")
     assert f"(rule: {rule})" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    "bad, rule",
+    [
+        (chat(("system", ""), ("user", "q"), ("assistant", "a")), "empty_content"),
+        (chat(("user", " \n"), ("assistant", "a")), "empty_content"),
+    ],
+)
+def test_empty_content_of_any_role_is_refused_as_openai_does(bad, rule):
+    """OpenAI's validator counts an empty system or user message as missing content, not only
+    an empty assistant one."""
+    with pytest.raises(InvalidArgument) as exc:
+        check([GOOD, GOOD, bad])
+    assert exc.value.message.startswith("train.jsonl line 3: ")
+    assert exc.value.message.endswith(f"(rule: {rule})")
+
+
+def test_every_dataset_error_has_one_stable_code():
+    for lines in (["{"], [""], [GOOD, json.dumps({"text": "t"})]):
+        with pytest.raises(InvalidArgument) as exc:
+            check(lines)
+        assert (exc.value.code, exc.value.param) == ("dataset_invalid", "file")
+
+
+def pair(*messages, preferred="Paris.", non_preferred="London.", **extra) -> str:
+    """One line of OpenAI's DPO format; None leaves an output out."""
+    record = {"input": {"messages": [{"role": r, "content": c} for r, c in messages]}}
+    if preferred is not None:
+        record["preferred_output"] = [{"role": "assistant", "content": preferred}]
+    if non_preferred is not None:
+        record["non_preferred_output"] = [{"role": "assistant", "content": non_preferred}]
+    return json.dumps({**record, **extra})
+
+
+PAIR_GOOD = pair(("system", "be brief"), ("user", "capital of France?"))
+
+
+def test_preference_pairs_are_sniffed_and_counted():
+    multi_turn = pair(("user", "hi"), ("assistant", "hello"), ("user", "capital of France?"))
+    c = check([PAIR_GOOD, "", multi_turn, PAIR_GOOD])
+    assert (c.format, c.num_examples) == (registry_pb2.DATASET_FORMAT_PREFERENCE, 3)
+
+
+def _with_output(key: str, value) -> str:
+    record = json.loads(PAIR_GOOD)
+    record[key] = value
+    return json.dumps(record)
+
+
+@pytest.mark.parametrize(
+    "bad, rule, says",
+    [
+        (pair(("user", "q"), non_preferred=None), "missing_output", "non_preferred_output is"),
+        (pair(("user", "q"), preferred=None), "missing_output", "preferred_output is missing"),
+        (json.dumps({"input": {"messages": [{"role": "user", "content": "q"}]}}), "", ""),
+        (json.dumps({"input": [{"role": "user", "content": "q"}]}), "input_not_object", ""),
+        (_with_output("input", "q"), "input_not_object", "'input' must be an object"),
+        (_with_output("input", {"messages": []}), "messages_not_list", "input.messages"),
+        (
+            _with_output("input", {"messages": [{"role": "user", "content": "q"}], "tools": []}),
+            "input_unrecognized_key",
+            "tools",
+        ),
+        (pair(("user", "q"), ("assistant", "a")), "input_last_not_user", "end with a user"),
+        (pair(("robot", "q")), "bad_role", "input message 1 has role 'robot'"),
+        (pair(("system", ""), ("user", "q")), "empty_content", "input message 1 (system)"),
+        (
+            _with_output(
+                "input", {"messages": [{"role": "user", "content": "q", "tool_call_id": "c"}]}
+            ),
+            "tool_calls_unsupported",
+            "input message 1 has tool_call_id",
+        ),
+        (
+            _with_output(
+                "input",
+                {
+                    "messages": [
+                        {"role": "user", "content": "q"},
+                        {"role": "assistant", "content": "a", "weight": 0},
+                        {"role": "user", "content": "q2"},
+                    ]
+                },
+            ),
+            "weight_unsupported",
+            "input message 2 has a weight",
+        ),
+        (_with_output("preferred_output", []), "output_not_one_message", "exactly one"),
+        (
+            _with_output("preferred_output", [{"role": "assistant", "content": "a"}] * 2),
+            "output_not_one_message",
+            "preferred_output must be",
+        ),
+        (
+            _with_output("non_preferred_output", {"role": "assistant", "content": "a"}),
+            "output_not_one_message",
+            "non_preferred_output must be",
+        ),
+        (
+            _with_output("preferred_output", [{"role": "user", "content": "a"}]),
+            "output_not_assistant",
+            "'user'",
+        ),
+        (_with_output("preferred_output", ["a"]), "message_not_object", "preferred_output"),
+        (
+            _with_output("non_preferred_output", [{"role": "assistant", "content": " "}]),
+            "empty_assistant_message",
+            "non_preferred_output message 1 (assistant) is empty",
+        ),
+        (
+            _with_output("preferred_output", [{"role": "assistant", "content": ["a"]}]),
+            "non_string_content",
+            "must be a string",
+        ),
+        (
+            _with_output("preferred_output", [{"role": "assistant", "content": "a", "x": 1}]),
+            "message_unrecognized_key",
+            "'x'",
+        ),
+        (
+            _with_output("preferred_output", [{"role": "assistant", "content": "a", "weight": 1}]),
+            "weight_unsupported",
+            "preferred_output has a weight",
+        ),
+        (
+            _with_output(
+                "preferred_output",
+                [{"role": "assistant", "content": "", "tool_calls": [{"id": "c"}]}],
+            ),
+            "tool_calls_unsupported",
+            "preferred_output message 1 has tool_calls",
+        ),
+        (pair(("user", "q"), preferred="same", non_preferred="same"), "identical_outputs", ""),
+        (pair(("user", "x" * 2000)), "example_too_long", ""),
+        (GOOD, "mixed_formats", "chat (messages) record in a preference"),
+        (json.dumps({"input": "q", "answer": "4"}), "input_not_object", ""),
+        (json.dumps({"answer": "4"}), "missing_input", "'input' is missing"),
+    ],
+)
+def test_preference_rule_and_line_number_in_message(bad, rule, says):
+    with pytest.raises(InvalidArgument) as exc:
+        check([PAIR_GOOD, PAIR_GOOD, bad, PAIR_GOOD])
+    message = exc.value.message
+    assert message.startswith("train.jsonl line 3: "), message
+    assert message.endswith(f"(rule: {rule or 'missing_output'})"), message
+    assert says in message
+    assert exc.value.code == "dataset_invalid"
+
+
+def test_a_preference_line_in_a_chat_or_eval_file_is_mixed():
+    for first in (GOOD, EVAL_GOOD):
+        with pytest.raises(InvalidArgument, match=r"line 2: preference .* \(rule: mixed_formats\)"):
+            check([first, PAIR_GOOD])

@@ -18,6 +18,7 @@ FORMATS = {
     registry_pb2.DATASET_FORMAT_TEXT: "text",
     registry_pb2.DATASET_FORMAT_EVAL: "eval set",
     registry_pb2.DATASET_FORMAT_SQLITE: "SQLite database",
+    registry_pb2.DATASET_FORMAT_PREFERENCE: "preference pairs (DPO)",
 }
 
 
@@ -114,6 +115,7 @@ def version_table(version: registry_pb2.ArtifactVersion) -> Table:
         ("details", facts(version)),
         ("description", version.description),
         ("aliases", ", ".join(version.aliases)),
+        ("labels", ", ".join(f"{k}={v}" for k, v in sorted(version.labels.items()))),
         ("created", when(version.create_time)),
         ("manifest", version.manifest.sha256),
     ]
