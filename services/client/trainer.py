@@ -3,7 +3,7 @@ raise the domain errors of ``services.common.errors``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -103,12 +103,14 @@ class TrainerClient(BlockingClient):
         | trainer_pb2.JobSpec,
         *,
         idempotency_key: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> trainer_pb2.Job:
         """Queue a job: a ``TrainingSpec`` (fine-tuning), an ``EvalSpec`` (``eval_spec``), an
         ``ExportSpec`` or a whole ``JobSpec`` (e.g. one whose ``evaluation`` is an
-        ``EvalSpec``)."""
+        ``EvalSpec``). ``labels`` are kept on the job (``list_jobs`` filters on them) and on
+        the versions it publishes."""
         request = trainer_pb2.CreateJobRequest(
-            spec=job_spec(training), idempotency_key=idempotency_key
+            spec=job_spec(training), idempotency_key=idempotency_key, labels=labels or {}
         )
         return self._unary("CreateJob", request).job
 
@@ -142,12 +144,17 @@ class TrainerClient(BlockingClient):
         self,
         state: trainer_pb2.JobState = trainer_pb2.JOB_STATE_UNSPECIFIED,
         page_size: int = 50,
+        labels: Mapping[str, str] | None = None,
     ) -> list[trainer_pb2.Job]:
+        """Every job, newest first; only those in ``state`` and carrying every pair of
+        ``labels`` when given."""
         jobs, token = [], ""
         while True:
             page = self._unary(
                 "ListJobs",
-                trainer_pb2.ListJobsRequest(state=state, page_size=page_size, page_token=token),
+                trainer_pb2.ListJobsRequest(
+                    state=state, page_size=page_size, page_token=token, labels=labels or {}
+                ),
             )
             jobs.extend(page.jobs)
             token = page.next_page_token
@@ -156,6 +163,17 @@ class TrainerClient(BlockingClient):
 
     def cancel_job(self, job_id: str) -> trainer_pb2.Job:
         return self._unary("CancelJob", trainer_pb2.CancelJobRequest(id=job_id)).job
+
+    def pause_job(self, job_id: str) -> trainer_pb2.Job:
+        """Ask a job to stop at a committed checkpoint and wait in PAUSED (a queued job pauses
+        at once; a running one is PAUSED once its worker has saved). ``FailedPrecondition``
+        for a finished job."""
+        return self._unary("PauseJob", trainer_pb2.PauseJobRequest(id=job_id)).job
+
+    def resume_job(self, job_id: str) -> trainer_pb2.Job:
+        """Queue a PAUSED job again; it continues from its newest complete checkpoint.
+        ``FailedPrecondition`` for a job that is not paused."""
+        return self._unary("ResumeJob", trainer_pb2.ResumeJobRequest(id=job_id)).job
 
     def stream_events(self, job_id: str, after_sequence: int = 0) -> Iterator[trainer_pb2.JobEvent]:
         """Events recorded so far, then live ones, until the job reaches a final state."""

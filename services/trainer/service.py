@@ -8,6 +8,7 @@ import json
 import uuid
 
 from services.common.errors import AlreadyExists, TuneplexError
+from services.common.labels import check_labels
 from services.common.stubs import trainer_pb2, trainer_pb2_grpc
 from services.trainer.admission import Admission, JobConfig
 from services.trainer.checkpoints import complete_checkpoints
@@ -41,6 +42,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def _create(self, request: trainer_pb2.CreateJobRequest) -> trainer_pb2.Job:
         key = request.idempotency_key
+        labels = check_labels(request.labels)
         if key and (existing := self.store.by_idempotency_key(key)) is not None:
             return self._same_request(existing, request)
         admitted = await asyncio.to_thread(
@@ -63,6 +65,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             create_time=now(),
             idempotency_key=key,
             estimated_peak_memory_bytes=admitted.estimate.peak_bytes,
+            labels=labels,
         )
         job, created = self.store.create(
             job, admitted.config.model_dump_json(), admitted.request.model_dump_json()
@@ -85,6 +88,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         applied, so spelling a default out changes nothing), and refuses any other."""
         given = self.admission.normalise(request.spec)
         differ = differences(self._stored_request(job), given)
+        if dict(job.labels) != dict(request.labels):
+            differ = sorted([*differ, "labels"])
         if differ:
             raise AlreadyExists(
                 f"idempotency key {request.idempotency_key!r} was used for job {job.id} with a "
@@ -120,11 +125,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.GetJobResponse(job=self.store.get(request.id))
 
     async def ListJobs(self, request, context):
-        jobs, token = self.store.list(request.state, request.page_size, request.page_token)
+        wanted = check_labels(request.labels)
+        jobs, token = self.store.list(request.state, request.page_size, request.page_token, wanted)
         return trainer_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     async def CancelJob(self, request, context):
         return trainer_pb2.CancelJobResponse(job=await self.supervisor.cancel(request.id))
+
+    async def PauseJob(self, request, context):
+        return trainer_pb2.PauseJobResponse(job=await self.supervisor.pause(request.id))
+
+    async def ResumeJob(self, request, context):
+        job = await self.supervisor.resume(request.id)
+        self.queue.submit(job.id)
+        return trainer_pb2.ResumeJobResponse(job=job)
 
     async def StreamJobEvents(self, request, context):
         self.store.get(request.id)  # NotFound before the stream starts
@@ -146,9 +160,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def ListCheckpoints(self, request, context):
         self.store.get(request.id)
         found = complete_checkpoints(self.supervisor.job_dir(request.id) / "checkpoints")
+        metrics = checkpoint_metrics(self.store.events(request.id))
+        published = self.store.published_checkpoints(request.id)
         checkpoints = []
         for c in found:
-            cp = trainer_pb2.Checkpoint(step=c.step, size_bytes=c.size_bytes)
+            cp = trainer_pb2.Checkpoint(
+                step=c.step,
+                size_bytes=c.size_bytes,
+                metrics=metrics.get(c.step, {}),
+                published=published.get(c.step, ""),
+            )
             cp.create_time.FromNanoseconds(int(c.mtime * 1e9))
             checkpoints.append(cp)
         return trainer_pb2.ListCheckpointsResponse(checkpoints=checkpoints)
@@ -162,6 +183,32 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             slots=self.queue.concurrency,
         )
         return memory_response(admitted.estimate)
+
+
+# The Progress fields that are metrics of the weights at a step (the rest describe the run).
+CHECKPOINT_PROGRESS_METRICS = ("loss", "learning_rate", "grad_norm", "epoch", "trained_tokens")
+
+
+def checkpoint_metrics(events: list[trainer_pb2.JobEvent]) -> dict[int, dict[str, float]]:
+    """Step -> the metrics logged at that step before its checkpoint was saved: the progress
+    (loss, learning rate, ...) and the evaluation (eval_loss, ...). An attempt that died after
+    a checkpoint logs later steps again on resume; each checkpoint keeps what led to it."""
+    progress: dict[int, dict[str, float]] = {}
+    evals: dict[int, dict[str, float]] = {}
+    found: dict[int, dict[str, float]] = {}
+    for event in events:
+        kind = event.WhichOneof("kind")
+        if kind == "progress":
+            p = event.progress
+            progress[p.step] = {
+                name: float(getattr(p, name)) for name in CHECKPOINT_PROGRESS_METRICS
+            }
+        elif kind == "eval":
+            evals[event.eval.step] = dict(event.eval.metrics)
+        elif kind == "checkpoint_saved":
+            step = event.checkpoint_saved.step
+            found[step] = progress.get(step, {}) | evals.get(step, {})
+    return found
 
 
 def memory_response(est: MemoryEstimate) -> trainer_pb2.EstimateJobMemoryResponse:

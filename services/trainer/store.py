@@ -1,19 +1,23 @@
 """Jobs and their events in SQLite: one file that survives service restarts.
 
 A job is kept as its ``Job`` message (the wire shape is the stored shape) plus the columns
-queries need; its validated ``TrainingConfig``, ``ExportConfig`` or ``EvalConfig`` is stored
-beside it as JSON, and so is the request it was made from, normalised (defaults applied, no
-version pinned), which a reused idempotency key is compared with. Events get a per-job sequence
-from 1, assigned inside the insert's transaction. Idempotency keys are UNIQUE, so two racing
-CreateJob calls with one key cannot both insert.
+queries need (its labels as JSON, so a label filter pages in SQL); its validated
+``TrainingConfig``, ``ExportConfig`` or ``EvalConfig`` is stored beside it as JSON, and so is
+the request it was made from, normalised (defaults applied, no version pinned), which a reused
+idempotency key is compared with. Events get a per-job sequence from 1, assigned inside the
+insert's transaction. Idempotency keys are UNIQUE, so two racing CreateJob calls with one key
+cannot both insert. A pause asked of a running job is a flag beside it, like a cancel, until
+its worker has stopped.
 """
 
 from __future__ import annotations
 
 import builtins
+import json
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -43,7 +47,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     config TEXT NOT NULL,
     job BLOB NOT NULL,
-    request TEXT
+    request TEXT,
+    labels TEXT NOT NULL DEFAULT '{}',
+    pause_requested INTEGER NOT NULL DEFAULT 0,
+    attempts_before_resume INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, create_us);
 CREATE TABLE IF NOT EXISTS events (
@@ -52,7 +59,20 @@ CREATE TABLE IF NOT EXISTS events (
     event BLOB NOT NULL,
     PRIMARY KEY (job_id, sequence)
 );
+CREATE TABLE IF NOT EXISTS published_checkpoints (
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    step INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    PRIMARY KEY (job_id, step)
+);
 """
+# Columns added after the first release: a file written before gets them, with their default.
+ADDED_COLUMNS = {
+    "request": "TEXT",
+    "labels": "TEXT NOT NULL DEFAULT '{}'",
+    "pause_requested": "INTEGER NOT NULL DEFAULT 0",
+    "attempts_before_resume": "INTEGER NOT NULL DEFAULT 0",
+}
 
 
 def now() -> Timestamp:
@@ -68,15 +88,17 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
-        self._add_request_column()
+        self._add_columns()
         # The service calls in from the event loop and from worker threads.
         self._lock = threading.Lock()
 
-    def _add_request_column(self) -> None:
-        """A file written before requests were kept gets the column; its jobs' stay NULL."""
+    def _add_columns(self) -> None:
+        """A file written by an older trainer gets the newer columns; its jobs keep their
+        defaults (no request kept, no labels, no pause asked)."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "request" not in columns:
-            self._db.execute("ALTER TABLE jobs ADD COLUMN request TEXT")
+        for name, declaration in ADDED_COLUMNS.items():
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         self._db.close()
@@ -89,7 +111,7 @@ class JobStore:
             try:
                 self._db.execute(
                     "INSERT INTO jobs (id, idempotency_key, state, create_us, config, job, "
-                    "request) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "request, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job.id,
                         job.idempotency_key or None,
@@ -98,6 +120,7 @@ class JobStore:
                         config_json,
                         job.SerializeToString(),
                         request_json,
+                        json.dumps(dict(job.labels), sort_keys=True),
                     ),
                 )
                 return job, True
@@ -156,9 +179,60 @@ class JobStore:
             ).fetchone()
         return bool(row and row[0])
 
+    def request_pause(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE jobs SET pause_requested = 1 WHERE id = ?", (job_id,))
+
+    def resumed(self, job_id: str, attempts: int) -> None:
+        """The pause of ``job_id`` is over; the ``attempts`` made before it do not count
+        against the crash limit of the attempts after."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET pause_requested = 0, attempts_before_resume = ? WHERE id = ?",
+                (attempts, job_id),
+            )
+
+    def attempts_before_resume(self, job_id: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT attempts_before_resume FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def pause_requested(self, job_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT pause_requested FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        return bool(row and row[0])
+
+    def record_published_checkpoint(self, job_id: str, step: int, version: str) -> None:
+        """The version the checkpoint of ``step`` was published as (a retried attempt that
+        publishes it again replaces the row)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO published_checkpoints (job_id, step, version) "
+                "VALUES (?, ?, ?)",
+                (job_id, step, version),
+            )
+
+    def published_checkpoints(self, job_id: str) -> dict[int, str]:
+        """Step -> ``name@version`` of each checkpoint of ``job_id`` published so far."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT step, version FROM published_checkpoints WHERE job_id = ?", (job_id,)
+            ).fetchall()
+        return {step: version for step, version in rows}
+
     def list(
-        self, state: int, page_size: int, page_token: str
-    ) -> tuple[list[trainer_pb2.Job], str]:
+        self,
+        state: int,
+        page_size: int,
+        page_token: str,
+        labels: Mapping[str, str] | None = None,
+    ) -> tuple[builtins.list[trainer_pb2.Job], str]:
+        """One page of jobs, newest first, in ``state`` (0: any) carrying every pair of
+        ``labels`` (keys as ``labels.check_labels`` admits them)."""
         size = min(page_size or 50, 500)
         try:
             offset = int(page_token or 0)
@@ -166,7 +240,12 @@ class JobStore:
             raise InvalidArgument(
                 "page_token is not one this service returned", param="page_token"
             ) from None
-        where, args = ("WHERE state = ?", [state]) if state else ("", [])
+        conditions: builtins.list[str] = ["state = ?"] if state else []
+        args: builtins.list[int | str] = [state] if state else []
+        for key, value in sorted((labels or {}).items()):
+            conditions.append("json_extract(labels, ?) = ?")
+            args += [f'$."{key}"', value]
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         with self._lock:
             rows = self._db.execute(
                 f"SELECT job FROM jobs {where} ORDER BY create_us DESC, id LIMIT ? OFFSET ?",

@@ -4,6 +4,12 @@ A worker exiting 0 after publishing -> SUCCEEDED; exiting with the domain-error 
 with the worker's structured error (retrying cannot help); any other exit (SIGKILL, OOM kill,
 a crash, the service restarting) -> a new attempt that resumes from the newest complete
 checkpoint, until ``max_attempts`` is spent -> FAILED ``worker_crashed`` with the last reason.
+
+Pause is a stop that waits: the worker is stopped as for a cancel (SIGTERM; on Kubernetes the
+pod is deleted) but given ``PAUSE_GRACE_SECONDS`` to finish its step and commit a checkpoint
+(``EXIT_PAUSED``); whatever way it ends, short of publishing or failing, the job then waits in
+PAUSED until ResumeJob queues it again, and the next attempt resumes from the newest complete
+checkpoint exactly as after a crash.
 """
 
 from __future__ import annotations
@@ -15,20 +21,21 @@ from pathlib import Path
 
 from prometheus_client import Counter
 
-from services.common.errors import TuneplexError
+from services.common.errors import FailedPrecondition, TuneplexError
 from services.common.stubs import trainer_pb2
 from services.trainer.checkpoints import latest_checkpoint
 from services.trainer.eval_spec import EvalConfig
 from services.trainer.export_spec import ExportConfig, job_config_from_json
 from services.trainer.runners.base import Runner, WorkerHandle
 from services.trainer.spec import TrainingConfig
-from services.trainer.store import TERMINAL, JobStore, now
+from services.trainer.store import ACTIVE, TERMINAL, JobStore, now
 from services.trainer.worker.protocol import (
     CHECKPOINTS_DIR,
     DEEPSPEED_FILE,
     DEFAULT_GATEWAY_URL,
     EXIT_DOMAIN_ERROR,
     LOG_FILE,
+    PAUSE_GRACE_SECONDS,
     WorkerConfig,
     write_worker_config,
 )
@@ -46,6 +53,10 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"exit code {code}"
+
+
+def state_word(state: int) -> str:
+    return trainer_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
 
 
 class JobSupervisor:
@@ -69,6 +80,9 @@ class JobSupervisor:
         self.gateway_url = gateway_url
         self.changed = asyncio.Condition()  # notified on every new event
         self._workers: dict[str, WorkerHandle] = {}
+        # Jobs a queue slot is running: a job resumed while its old queue entry still waits
+        # is queued twice, and must run once.
+        self._running: set[str] = set()
         self._stopping: set[asyncio.Task] = set()
         # Set on shutdown: workers stopped then are left for the next start to resume.
         self.closing = False
@@ -111,12 +125,82 @@ class JobSupervisor:
         self.store.request_cancel(job_id)
         worker = self._workers.get(job_id)
         if worker is not None:
-            task = asyncio.create_task(worker.stop(self.cancel_grace_seconds))
-            self._stopping.add(task)
-            task.add_done_callback(self._stopping.discard)
+            self._stop_in_background(worker, self.cancel_grace_seconds)
         elif job.state == trainer_pb2.JOB_STATE_QUEUED:
             await self.set_state(job, trainer_pb2.JOB_STATE_CANCELLED, "cancelled while queued")
+        elif job.state == trainer_pb2.JOB_STATE_PAUSED:
+            await self.set_state(
+                job, trainer_pb2.JOB_STATE_CANCELLED, "cancelled while paused; checkpoints kept"
+            )
         return self.store.get(job_id)
+
+    async def pause(self, job_id: str) -> trainer_pb2.Job:
+        """PAUSED at once for a queued job; a running one is asked to stop at a checkpoint
+        (``run`` puts it in PAUSED when its worker has ended). Pausing twice is one pause."""
+        job = self.store.get(job_id)
+        if job.state in TERMINAL:
+            raise FailedPrecondition(
+                f"job {job_id} has already {state_word(job.state)}; only a queued or running "
+                "job can be paused",
+                param="id",
+                code="job_finished",
+            )
+        if job.state == trainer_pb2.JOB_STATE_PAUSED or self.store.pause_requested(job_id):
+            return job
+        self.store.request_pause(job_id)
+        worker = self._workers.get(job_id)
+        if worker is not None:
+            await self.record(
+                job_id,
+                trainer_pb2.JobEvent(
+                    log=trainer_pb2.LogLine(
+                        message="pause requested: stopping at the end of the current step "
+                        "with a checkpoint"
+                    )
+                ),
+            )
+            self._stop_in_background(worker, PAUSE_GRACE_SECONDS)
+        elif job.state == trainer_pb2.JOB_STATE_QUEUED and job_id not in self._running:
+            await self.set_state(job, trainer_pb2.JOB_STATE_PAUSED, "paused while queued")
+        # Else between two attempts, or its worker is starting: ``run`` sees the request.
+        return self.store.get(job_id)
+
+    async def resume(self, job_id: str) -> trainer_pb2.Job:
+        """A PAUSED job back to QUEUED (the caller queues it)."""
+        job = self.store.get(job_id)
+        if job.state != trainer_pb2.JOB_STATE_PAUSED:
+            raise FailedPrecondition(
+                f"job {job_id} is {state_word(job.state)}, not paused; only a paused job can "
+                "be resumed",
+                param="id",
+                code="job_not_paused",
+            )
+        self.store.resumed(job_id, job.attempt)
+        last = self.last_checkpoint_step(job_id)
+        where = f"from the checkpoint at step {last}" if last else "from the start"
+        await self.set_state(job, trainer_pb2.JOB_STATE_QUEUED, f"resumed; continues {where}")
+        return job
+
+    def last_checkpoint_step(self, job_id: str) -> int:
+        """The step of the newest checkpoint the job's workers committed (0: none). From their
+        events, not the job folder: a Kubernetes worker keeps it on a claim the service may
+        not mount."""
+        steps = [
+            e.checkpoint_saved.step
+            for e in self.store.events(job_id)
+            if e.WhichOneof("kind") == "checkpoint_saved"
+        ]
+        return max(steps, default=0)
+
+    def _stop_in_background(self, worker: WorkerHandle, grace_seconds: float) -> None:
+        task = asyncio.create_task(worker.stop(grace_seconds))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def _pause_now(self, job: trainer_pb2.Job) -> None:
+        last = self.last_checkpoint_step(job.id)
+        message = f"paused at step {last}" if last else "paused before its first checkpoint"
+        await self.set_state(job, trainer_pb2.JOB_STATE_PAUSED, message)
 
     async def stop_all(self) -> None:
         """Stop every worker without marking its job: a restarted service resumes them."""
@@ -137,13 +221,23 @@ class JobSupervisor:
             gateway_url=self.gateway_url,
             cache_dir=self.work_dir / "cache",
             deepspeed_config=job_dir / DEEPSPEED_FILE if config.num_gpus > 1 else None,
+            labels=dict(job.labels),
         )
         return write_worker_config(worker, job_dir)
 
     async def run(self, job_id: str) -> None:
         job = self.store.get(job_id)
-        if job.state in TERMINAL:
+        # A paused job's queue entry, or a second entry of a job resumed while queued.
+        if job.state not in ACTIVE or job_id in self._running:
             return
+        self._running.add(job_id)
+        try:
+            await self._run(job)
+        finally:
+            self._running.discard(job_id)
+
+    async def _run(self, job: trainer_pb2.Job) -> None:
+        job_id = job.id
         config = job_config_from_json(self.store.config(job_id))
         job_dir = self.write_worker_config(job, config)
         reason = "the trainer service stopped while it ran"
@@ -151,20 +245,24 @@ class JobSupervisor:
             if self.store.cancel_requested(job_id):
                 await self.set_state(job, trainer_pb2.JOB_STATE_CANCELLED, "cancelled")
                 return
-            if job.attempt >= self.max_attempts:
+            if self.store.pause_requested(job_id):
+                await self._pause_now(job)
+                return
+            # A pause is no crash: the limit counts the attempts since the last resume.
+            since_resume = job.attempt - self.store.attempts_before_resume(job_id)
+            if since_resume >= self.max_attempts:
                 await self.fail(
                     job,
                     "worker_crashed",
-                    f"the worker died {job.attempt} times (last: {reason}); "
+                    f"the worker died {since_resume} times (last: {reason}); "
                     f"see {job_dir / LOG_FILE}",
                 )
                 return
             job.attempt += 1
-            await self.set_state(
-                job,
-                trainer_pb2.JOB_STATE_VALIDATING,
-                f"attempt {job.attempt} of {self.max_attempts}",
-            )
+            message = f"attempt {since_resume + 1} of {self.max_attempts}"
+            if job.attempt != since_resume + 1:
+                message += f" since the resume (attempt {job.attempt} of the job)"
+            await self.set_state(job, trainer_pb2.JOB_STATE_VALIDATING, message)
             try:
                 worker = await self.runner.start(
                     job.id, job_dir, config.num_gpus, config.zero_stage, job.attempt
@@ -175,6 +273,8 @@ class JobSupervisor:
             self._workers[job_id] = worker
             if self.store.cancel_requested(job_id):  # asked while the worker was starting
                 await worker.stop(self.cancel_grace_seconds)
+            elif self.store.pause_requested(job_id):
+                self._stop_in_background(worker, PAUSE_GRACE_SECONDS)
             try:
                 failure = await self._follow(job, worker)
                 code = await worker.wait()
@@ -200,6 +300,11 @@ class JobSupervisor:
                     failure.get("message", ""),
                     failure.get("param", ""),
                 )
+                return
+            if self.store.pause_requested(job_id):
+                # Killed after the grace, or stopped before training: the newest complete
+                # checkpoint is still where the next attempt starts.
+                await self._pause_now(job)
                 return
             reason = describe_exit(code)
             last = latest_checkpoint(job_dir / CHECKPOINTS_DIR)
@@ -265,6 +370,16 @@ class JobSupervisor:
             elif kind == "published":
                 job.output = ev["output"]
                 self.store.save(job)
+            elif kind == "checkpoint_published":
+                self.store.record_published_checkpoint(job.id, ev["step"], ev["version"])
+                await self.record(
+                    job.id,
+                    trainer_pb2.JobEvent(
+                        log=trainer_pb2.LogLine(
+                            message=f"checkpoint at step {ev['step']} published as {ev['version']}"
+                        )
+                    ),
+                )
             elif kind == "failed":
                 failure = ev
         return failure

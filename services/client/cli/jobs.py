@@ -16,7 +16,14 @@ from services.common.errors import TuneplexError
 from services.common.stubs import trainer_pb2
 from services.common.training_spec_proto import spec_from_values
 
-app = typer.Typer(help="Create, follow and cancel fine-tuning jobs.", no_args_is_help=True)
+app = typer.Typer(
+    help="Create, follow, pause, resume and cancel fine-tuning jobs.", no_args_is_help=True
+)
+
+LABEL_HELP = "A label KEY=VALUE (repeat the flag for more)."
+# The states a paused job passes through until its worker has committed a checkpoint.
+STOPPING = (trainer_pb2.JOB_STATE_VALIDATING, trainer_pb2.JOB_STATE_RUNNING)
+PAUSE_WAIT_SECONDS = 600.0  # the trainer's grace for a pausing worker (after it, it is killed)
 
 
 def _client() -> TrainerClient:
@@ -30,12 +37,14 @@ def create(
     settings: dict,
     idempotency_key: str = typer.Option("", help="Same key again returns the same job."),
     watch_: bool = typer.Option(False, "--watch", help="Follow the job until it ends."),
+    label: list[str] = typer.Option([], "--label", help=LABEL_HELP),
 ) -> None:
     """Queue a fine-tuning job; prints its id."""
+    labels = _labels(label)
     try:
         spec = spec_from_values(settings)
         with _client() as client:
-            job = client.create_job(spec, idempotency_key=idempotency_key)
+            job = client.create_job(spec, idempotency_key=idempotency_key, labels=labels)
             out.print(job.id, highlight=False)
             err.print(
                 f"queued; estimated peak memory {job.estimated_peak_memory_bytes / 2**30:.2f} GiB"
@@ -46,16 +55,32 @@ def create(
         fail_with(exc)
 
 
+def _labels(pairs: list[str]) -> dict[str, str]:
+    """``--label k=v`` flags as a dict (the trainer checks the keys and values)."""
+    labels = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            err.print(f"[bold red]error:[/] --label wants KEY=VALUE, got {pair!r}")
+            raise typer.Exit(2)
+        labels[key] = value
+    return labels
+
+
 @app.command("list")
-def list_(state: str = typer.Option("", help="Only jobs in this state, e.g. running.")) -> None:
+def list_(
+    state: str = typer.Option("", help="Only jobs in this state, e.g. running."),
+    label: list[str] = typer.Option([], "--label", help="Only jobs with this KEY=VALUE label."),
+) -> None:
     """List jobs, newest first."""
     wanted = getattr(trainer_pb2, f"JOB_STATE_{state.upper()}", None) if state else 0
     if wanted is None:
         err.print(f"[bold red]error:[/] unknown state {state!r}")
         raise typer.Exit(2)
+    labels = _labels(label)
     try:
         with _client() as client:
-            jobs = client.list_jobs(wanted)
+            jobs = client.list_jobs(wanted, labels=labels)
     except TuneplexError as exc:
         fail_with(exc)
     table = Table()
@@ -99,6 +124,33 @@ def cancel(job_id: str) -> None:
                 if job.state in FINAL_STATES:
                     break
                 time.sleep(0.5)
+    except TuneplexError as exc:
+        fail_with(exc)
+    out.print(f"{job_id}: {state_name(job.state)}")
+
+
+@app.command()
+def pause(job_id: str) -> None:
+    """Stop a job at a checkpoint; `jobs resume` continues it from there."""
+    try:
+        with _client() as client:
+            job = client.pause_job(job_id)
+            # A running job pauses once its worker has saved the step it is on.
+            deadline = time.monotonic() + PAUSE_WAIT_SECONDS
+            while job.state in STOPPING and time.monotonic() < deadline:
+                time.sleep(0.5)
+                job = client.get_job(job_id)
+    except TuneplexError as exc:
+        fail_with(exc)
+    out.print(f"{job_id}: {state_name(job.state)}")
+
+
+@app.command()
+def resume(job_id: str) -> None:
+    """Queue a paused job again; it continues from its newest checkpoint."""
+    try:
+        with _client() as client:
+            job = client.resume_job(job_id)
     except TuneplexError as exc:
         fail_with(exc)
     out.print(f"{job_id}: {state_name(job.state)}")

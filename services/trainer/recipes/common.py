@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from services.trainer.recipes.report import published_weights, write_report
 from services.trainer.recipes.tracking import RUNS_DIR, choose_trackers
 from services.trainer.recipes.trained_positions import score_trained_positions_only
 from services.trainer.spec import TrainingConfig
-from services.trainer.worker.protocol import emit, exit_for
+from services.trainer.worker.protocol import EXIT_PAUSED, emit, exit_for
 
 
 class RecipeConfig(BaseModel):
@@ -195,7 +197,9 @@ def sft_args(
         metric_for_best_model="eval_loss" if keep_best else None,
         logging_steps=1,
         logging_first_step=True,
-        include_num_input_tokens_seen="non_padding",
+        # Padding-free and packed batches hold no padding, and their pad id is often the EOS
+        # id, which "non_padding" would leave out; padded batches count their attention mask.
+        include_num_input_tokens_seen="all" if config.padding_free or packing else "non_padding",
         # TensorBoard is not among these: ``TensorBoardEvents`` writes into the output folder.
         report_to=report_to or [],
         disable_tqdm=True,
@@ -210,13 +214,19 @@ def sft_args(
 
 
 class EventCallback(TrainerCallback):
-    """Turns Trainer logs into progress/eval events; commits checkpoints atomically."""
+    """Turns Trainer logs into progress/eval events; commits checkpoints atomically; honours a
+    stop request (SIGTERM: PauseJob, cancel, the service stopping) during training by saving
+    a checkpoint at the end of the current step and ending training there (``stop_if_asked``
+    then exits ``EXIT_PAUSED``). Outside training SIGTERM ends the worker as before."""
 
     def __init__(self, staging: Path, checkpoint_dir: Path):
         self.staging, self.checkpoint_dir = staging, checkpoint_dir
         self.started = time.monotonic()
         self.first_step = 0
         self.first_tokens = 0
+        self.stop_asked = False  # SIGTERM arrived during training
+        self.stopped_at: int | None = None  # the step training stopped at for it
+        self._default_sigterm: Any = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.monotonic()
@@ -224,7 +234,24 @@ class EventCallback(TrainerCallback):
         self.first_tokens = state.num_input_tokens_seen
         # A resumed state names the best checkpoint in the staging folder, which is gone.
         self.point_at_best(args, state)
+        self._default_sigterm = signal.signal(signal.SIGTERM, self._ask_to_stop)
         emit("state", state="RUNNING", message=f"training from step {state.global_step}")
+
+    def _ask_to_stop(self, signum, frame) -> None:
+        # Only a flag: printing here could re-enter a print the signal interrupted.
+        self.stop_asked = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stopped_at is None and stop_agreed(args, self.stop_asked):
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+            emit("log", message=f"stop requested: saving a checkpoint at step {state.global_step}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._default_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._default_sigterm)
+            self._default_sigterm = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not args.should_log or not logs:
@@ -243,6 +270,8 @@ class EventCallback(TrainerCallback):
                 grad_norm=logs.get("grad_norm", 0.0),
                 tokens_per_second=(state.num_input_tokens_seen - self.first_tokens) / elapsed,
                 eta_seconds=eta,
+                # The Trainer keeps the count in its checkpointed state: it goes on after resume.
+                trained_tokens=state.num_input_tokens_seen,
             )
         evals = {k: float(v) for k, v in logs.items() if k.startswith("eval_")}
         if evals:
@@ -264,6 +293,28 @@ class EventCallback(TrainerCallback):
             state.best_model_checkpoint = str(
                 checkpoint_path(self.checkpoint_dir, state.best_global_step)
             )
+
+
+def stop_agreed(args, asked: bool) -> bool:
+    """Whether any rank was asked to stop: under torchrun every rank must end training at the
+    same step (saving and the next step are collective), so the flag is all-reduced."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return asked
+    import torch
+
+    flag = torch.tensor([int(asked)], device=args.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def stop_if_asked(events: EventCallback) -> None:
+    """After ``trainer.train()``: end the worker with ``EXIT_PAUSED`` when training stopped for
+    a stop request (its checkpoint is committed; the next attempt resumes from it)."""
+    if events.stopped_at is not None:
+        emit("log", message=f"stopped at step {events.stopped_at} with a checkpoint")
+        sys.exit(EXIT_PAUSED)
 
 
 class TensorBoardEvents(TensorBoardCallback):
@@ -407,6 +458,7 @@ def fit(
         report_to=trackers.report_to,
     )
     train_output = trainer.train(resume_from_checkpoint=resume)
+    stop_if_asked(events)
     best_step = loaded_best_step(trainer, checkpoint_dir)
     evaluated = any("eval_loss" in h for h in trainer.state.log_history[-3:])
     if eval_rows and best_step is None and not evaluated:

@@ -157,6 +157,8 @@ def write_report(
     metrics["steady_tokens_per_second"] = steady_tokens_per_second(
         trainer.state.log_history, first_step
     )
+    # All attempts' tokens: the Trainer's count is restored with a resumed checkpoint.
+    metrics["trained_tokens"] = float(trainer.state.num_input_tokens_seen)
     metrics["peak_memory_bytes"] = float(peak_memory_bytes())
     metrics["wall_time_seconds"] = wall
     report = {

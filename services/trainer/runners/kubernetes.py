@@ -41,6 +41,7 @@ from services.trainer.worker.protocol import (
     DEEPSPEED_ENV,
     GATEWAY_KEY_ENV,
     LOG_FILE,
+    PAUSE_GRACE_SECONDS,
     REGISTRY_KEY_ENV,
     parse_event_line,
     worker_args,
@@ -137,6 +138,10 @@ def build_job_manifest(
         pod_security["fsGroupChangePolicy"] = "OnRootMismatch"
     pod_spec: dict = {
         "restartPolicy": "Never",
+        # A deleted pod gets SIGTERM; a pausing worker needs this long to commit its checkpoint
+        # (Kubernetes' default of 30 s would kill a slow save). Cancel is not slower for it:
+        # the worker stops at the end of its step.
+        "terminationGracePeriodSeconds": PAUSE_GRACE_SECONDS,
         "serviceAccountName": service_account,
         "automountServiceAccountToken": False,
         "securityContext": pod_security,

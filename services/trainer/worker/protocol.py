@@ -51,6 +51,9 @@ EVENT_PREFIX = "@@tuneplex-event "
 EXIT_DOMAIN_ERROR = 3  # the job is wrong, retrying cannot help
 EXIT_CRASH = 1  # retry: the service resumes from the newest complete checkpoint
 EXIT_PAUSED = 4  # PauseJob honoured: a checkpoint was committed; ResumeJob continues from it
+# How long a pausing worker gets, after SIGTERM, to finish its step and commit a checkpoint
+# before it is killed (the job then pauses at its previous checkpoint).
+PAUSE_GRACE_SECONDS = 600
 
 PR_SET_PDEATHSIG = 1
 
