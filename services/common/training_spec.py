@@ -40,7 +40,7 @@ from services.common.stubs import trainer_pb2
 
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
-Method = Literal["lora", "qlora", "dora", "full", "continued_pretraining"]
+Method = Literal["lora", "qlora", "dora", "full", "continued_pretraining", "dpo"]
 Precision = Literal["fp32", "bf16", "fp16"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 
@@ -50,6 +50,7 @@ METHODS: dict[trainer_pb2.Method, Method] = {
     trainer_pb2.METHOD_DORA: "dora",
     trainer_pb2.METHOD_FULL: "full",
     trainer_pb2.METHOD_CONTINUED_PRETRAINING: "continued_pretraining",
+    trainer_pb2.METHOD_DPO: "dpo",
 }
 PRECISIONS: dict[trainer_pb2.Precision, Precision] = {
     trainer_pb2.PRECISION_FP32: "fp32",
@@ -62,7 +63,10 @@ SCHEDULERS: dict[trainer_pb2.LrScheduler, Scheduler] = {
     trainer_pb2.LR_SCHEDULER_CONSTANT: "constant",
     trainer_pb2.LR_SCHEDULER_CONSTANT_WITH_WARMUP: "constant_with_warmup",
 }
-ADAPTER_METHODS = ("lora", "qlora", "dora", "continued_pretraining")
+ADAPTER_METHODS = ("lora", "qlora", "dora", "continued_pretraining", "dpo")
+# Methods trained on preference pairs (a PREFERENCE dataset), every other one on chats or text.
+PREFERENCE_METHODS = ("dpo",)
+MAX_DPO_BETA = 10.0
 
 # The only places where the wire and the config differ: enum numbers and the `lora_` prefix
 # that keeps the flat config readable.
@@ -82,6 +86,7 @@ SECTIONS = {
     "sampling": "evaluation.sampling",
 }
 REF = "`name`, `name@version` or `name@alias`"
+MAX_NAME_LENGTH = 63  # of a registry name (refs.NAME_RE)
 INT32_MAX = 2**31 - 1
 # The sampling bounds of eval jobs (services/trainer/eval_spec.py), OpenAI's ranges.
 MAX_TEMPERATURE = 2.0
@@ -335,6 +340,7 @@ class TrainingConfig(BaseModel):
         section="hyperparameters",
         help="Batch examples end to end with no pad tokens (position ids restart per example, "
         "so attention stays within each); packing always batches this way.",
+        default_text="true; false for method dpo (TRL's DPO trainer pads)",
     )
     gradient_checkpointing: bool = setting(
         False,
@@ -376,6 +382,20 @@ class TrainingConfig(BaseModel):
     weight_decay: float = setting(
         0.0, section="hyperparameters", help="AdamW weight decay.", ge=0, le=1
     )
+    dpo_beta: float = setting(
+        0.1,
+        section="hyperparameters",
+        help="DPO: how strongly the adapter is held to the base model (the reference); higher "
+        "stays closer. Method dpo only.",
+        gt=0,
+        le=MAX_DPO_BETA,
+    )
+    publish_checkpoints: bool = setting(
+        False,
+        section="training",
+        help="Also publish each kept checkpoint's adapter, as `<output_name>-step-<N>`, when the "
+        "job succeeds.",
+    )
     evaluation: TrainingEvalConfig | None = setting(
         None,
         section="training",
@@ -385,6 +405,11 @@ class TrainingConfig(BaseModel):
     @property
     def is_adapter(self) -> bool:
         return self.method in ADAPTER_METHODS
+
+    @property
+    def is_preference(self) -> bool:
+        """Trained on preference pairs (DATASET_FORMAT_PREFERENCE), not on chats or text."""
+        return self.method in PREFERENCE_METHODS
 
     @property
     def output_kind(self) -> str:
@@ -405,6 +430,8 @@ class TrainingConfig(BaseModel):
             values["learning_rate"] = 2e-5 if full else 2e-4
         if not values.get("zero_stage") and isinstance(values.get("num_gpus"), int):
             values["zero_stage"] = 2 if values["num_gpus"] > 1 else 0
+        if values.get("method") in PREFERENCE_METHODS and "padding_free" not in values:
+            values["padding_free"] = False  # TRL's DPOTrainer pads (it has no padding-free path)
         return values
 
     @field_validator("evaluation", mode="before")
@@ -481,6 +508,28 @@ class TrainingConfig(BaseModel):
             "train_on_prompt",
         )
         _require(
+            not (self.is_preference and self.train_on_prompt),
+            "train_on_prompt has no meaning for dpo (it compares the two answers' likelihoods); "
+            "drop it",
+            "train_on_prompt",
+        )
+        _require(
+            not (self.is_preference and self.packing),
+            "packing does not apply to dpo (each pair's answers are scored side by side); drop it",
+            "packing",
+        )
+        _require(
+            not (self.is_preference and self.padding_free),
+            "padding_free is not available for dpo (TRL's DPO trainer pads each batch); drop it",
+            "padding_free",
+        )
+        _require(
+            not (self.publish_checkpoints and not self.is_adapter),
+            "publish_checkpoints publishes adapter checkpoints; a full fine-tune publishes its "
+            "final model only: drop publish_checkpoints or use an adapter method",
+            "publish_checkpoints",
+        )
+        _require(
             not (self.evaluation and self.evaluation.each_checkpoint and not self.is_adapter),
             "evaluation.each_checkpoint scores adapter checkpoints; a full fine-tune is scored "
             "once, at the end: drop each_checkpoint or use an adapter method",
@@ -503,6 +552,11 @@ SETTINGS: dict[str, FieldInfo] = {
         if isinstance(field.json_schema_extra, dict) and "section" in field.json_schema_extra
     },
 }
+
+
+def checkpoint_adapter_name(output_name: str, step: int) -> str:
+    """The adapter a job with ``publish_checkpoints`` publishes its checkpoint at ``step`` as."""
+    return f"{output_name}-step-{step}"
 
 
 def field_of(name: str) -> FieldInfo:

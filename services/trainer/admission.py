@@ -15,6 +15,7 @@ memory of generating the answers in the worker when it may have to.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,8 +29,9 @@ from services.common.errors import (
     NotFound,
     shown,
 )
-from services.common.refs import parse_ref
+from services.common.refs import NAME_RE, parse_ref
 from services.common.stubs import registry_pb2, trainer_pb2
+from services.common.training_spec import INT32_MAX, MAX_NAME_LENGTH, checkpoint_adapter_name
 from services.evaluation.graders import referenced_databases
 from services.trainer.artifacts import RegistryPullCache, version_ref
 from services.trainer.device import DeviceInfo, host_cpu
@@ -87,6 +89,62 @@ def training_spec_of(spec: trainer_pb2.JobSpec, runner: str) -> trainer_pb2.Trai
         )
     check_runner(spec, runner)
     return spec.training
+
+
+def format_name(found: registry_pb2.ArtifactVersion) -> str:
+    name = registry_pb2.DatasetFormat.Name(found.dataset.format)
+    return name.removeprefix("DATASET_FORMAT_").lower().replace("_", "/")
+
+
+def require_dataset_format(
+    config: TrainingConfig, found: registry_pb2.ArtifactVersion, param: str
+) -> None:
+    """DPO trains on preference pairs and nothing else does: a chat set given to a DPO job, or
+    a preference set to any other method, would fail in the worker after minutes of setup."""
+    preference = found.dataset.format == registry_pb2.DATASET_FORMAT_PREFERENCE
+    if config.is_preference and not preference:
+        raise FailedPrecondition(
+            f"method {config.method} trains on preference pairs but dataset {version_ref(found)} "
+            f"is a {format_name(found)} dataset; upload a JSONL file whose lines are "
+            '{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": '
+            "[...]} (`tuneplex datasets upload`)",
+            param=param,
+            code="wrong_dataset_format",
+        )
+    if preference and not config.is_preference:
+        raise FailedPrecondition(
+            f"dataset {version_ref(found)} is a preference dataset, which only method dpo "
+            f"trains on; use method dpo, or a chat dataset for method {config.method}",
+            param=param,
+            code="wrong_dataset_format",
+        )
+
+
+def longest_step(config: TrainingConfig, num_examples: int) -> int:
+    """An upper bound of the last step ``config`` trains to on ``num_examples`` examples (the
+    Trainer's count; the recipes only ever drop examples). Unknown size: the int32 bound."""
+    if config.max_steps:
+        return config.max_steps
+    if num_examples <= 0:
+        return INT32_MAX
+    per_step = config.batch_size * max(1, config.num_gpus)
+    batches = math.ceil(num_examples / per_step)
+    return math.ceil(config.epochs * math.ceil(batches / config.gradient_accumulation_steps))
+
+
+def require_checkpoint_names(config: TrainingConfig, num_examples: int) -> None:
+    """Every checkpoint name ``<output_name>-step-<N>`` the job may publish is a valid name,
+    so publishing cannot fail at the end of a finished training run."""
+    longest = checkpoint_adapter_name(config.output_name, longest_step(config, num_examples))
+    if not NAME_RE.fullmatch(longest):
+        room = MAX_NAME_LENGTH - (len(longest) - len(config.output_name))
+        raise InvalidArgument(
+            f"with publish_checkpoints a checkpoint is published as {longest!r}, longer than "
+            f"the {MAX_NAME_LENGTH} characters a name may have; shorten output_name to at most "
+            f"{room} characters or drop publish_checkpoints",
+            param="training.output_name",
+            code="invalid_spec",
+        )
 
 
 class Admission:
@@ -151,6 +209,7 @@ class Admission:
         config = request
         model = self.cache.resolve("model", config.base_model, "training.base_model")
         dataset = self.cache.resolve("dataset", config.dataset, "training.dataset")
+        require_dataset_format(config, dataset, "training.dataset")
         pinned: dict[str, object] = {
             "base_model": version_ref(model),
             "dataset": version_ref(dataset),
@@ -159,7 +218,10 @@ class Admission:
             validation = self.cache.resolve(
                 "dataset", config.validation_dataset, "training.validation_dataset"
             )
+            require_dataset_format(config, validation, "training.validation_dataset")
             pinned["validation_dataset"] = version_ref(validation)
+        if config.publish_checkpoints:
+            require_checkpoint_names(config, dataset.dataset.num_examples)
         if config.evaluation is not None:
             pinned["evaluation"] = self.training_evaluation(config.evaluation)
         shape = ModelShape.from_config(self.cache.model_config(model))

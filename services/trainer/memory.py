@@ -21,6 +21,11 @@ Terms, per training device:
   offload) applied to the trainable parameters, frozen weights replicated (ZeRO-2) or sharded
   (ZeRO-3);
 - a fixed framework overhead (CUDA context / Python + torch, TRL, datasets and the tokenizer).
+- DPO: a batch of b pairs is 2b sequences (each pair's preferred and non-preferred answer after
+  its prompt) through the adapter, so activations and logits count 2b; and the reference (the
+  base with the adapter disabled, the same weights: no second copy) runs a forward pass of those
+  2b sequences without gradients while the adapter's activations are alive: one layer's
+  activations and one logits tensor more (``reference_forward``; derived, not calibrated).
 
 The peak is checked against what is free for the job on the device it runs on (a GPU when it
 trains on GPUs, the host's memory on the CPU): the device's memory less the estimates of the
@@ -208,10 +213,16 @@ def refusal(est: MemoryEstimate, message: str, param: str) -> TuneplexError:
     return FailedPrecondition(message, param=param, code="out_of_memory")
 
 
+def layer_activation_bytes(config: TrainingConfig, shape: ModelShape, sequences: int) -> float:
+    """What one layer keeps for the backward pass of ``sequences`` sequences."""
+    half = 1 if config.precision == "fp32" else 0.5  # K counts fp32 activations
+    return config.max_seq_length * sequences * shape.hidden * ACTIVATION_BYTES * half
+
+
 def activation_bytes(config: TrainingConfig, shape: ModelShape, batch: int) -> int:
     s, b, h = config.max_seq_length, batch, shape.hidden
     half = 1 if config.precision == "fp32" else 0.5  # K counts fp32 activations
-    full_layer = s * b * h * ACTIVATION_BYTES * half
+    full_layer = layer_activation_bytes(config, shape, batch)
     if config.gradient_checkpointing:
         per_model = shape.layers * 4 * s * b * h * half + full_layer
     else:
@@ -250,15 +261,20 @@ def estimate_memory(
         states = 4 * trainable + 16 * trainable / gpus  # DeepSpeed ZeRO-2, no offload
     else:
         states = state_bytes_per_param * trainable
-    logits = LOGITS_COPIES * batch * config.max_seq_length * shape.vocab * 4
-    terms = _capped(
+    # DPO trains on both answers of each pair: 2 sequences per example of the batch.
+    sequences = batch * (2 if config.is_preference else 1)
+    one_logits = sequences * config.max_seq_length * shape.vocab * 4
+    terms: list[tuple[str, float]] = [
         ("base_weights", frozen_bytes),
         ("trainable_weights_gradients_optimizer", states),
-        ("activations", activation_bytes(config, shape, batch)),
-        ("logits", logits),
-        ("framework_overhead", CUDA_OVERHEAD if device.cuda else CPU_TRAINING_OVERHEAD),
-    )
-    return _estimate(terms, device.memory_bytes, device.name, held)
+        ("activations", activation_bytes(config, shape, sequences)),
+        ("logits", LOGITS_COPIES * one_logits),
+    ]
+    if config.is_preference:
+        reference = layer_activation_bytes(config, shape, sequences) + one_logits
+        terms.append(("reference_forward", reference))
+    terms.append(("framework_overhead", CUDA_OVERHEAD if device.cuda else CPU_TRAINING_OVERHEAD))
+    return _estimate(_capped(*terms), device.memory_bytes, device.name, held)
 
 
 def _capped(*terms: tuple[str, float]) -> tuple[tuple[str, int], ...]:

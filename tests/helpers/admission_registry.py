@@ -1,7 +1,8 @@
 """What admission asks of the registry, answered without one, for unit tests of CreateJob's
 checks: every model, dataset and adapter exists at version 1, a model has SmolLM2-135M's
-config.json, a dataset whose name ends in ``-heldout`` is an eval set of 10 items (any other a
-chat dataset), an adapter is a LoRA adapter on ``smollm2-135m-instruct@1``, and no model or
+config.json, a dataset whose name ends in ``-heldout`` is an eval set of 10 items, one ending
+in ``-pairs`` a preference set of 10 pairs (any other a chat dataset of 10 examples), an
+adapter is a LoRA adapter on ``smollm2-135m-instruct@1``, and no model or
 adapter name is taken for an export's output."""
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ class RegistryAtVersionOne:
         if kind == "adapter":
             found.adapter.CopyFrom(registry_pb2.AdapterInfo(base_model=BASE, peft_type="LORA"))
         elif kind == "dataset":
-            eval_set = found.name.endswith("-heldout")
-            found.dataset.format = (
-                registry_pb2.DATASET_FORMAT_EVAL if eval_set else registry_pb2.DATASET_FORMAT_CHAT
-            )
+            found.dataset.format = registry_pb2.DATASET_FORMAT_CHAT
+            if found.name.endswith("-heldout"):
+                found.dataset.format = registry_pb2.DATASET_FORMAT_EVAL
+            elif found.name.endswith("-pairs"):
+                found.dataset.format = registry_pb2.DATASET_FORMAT_PREFERENCE
             found.dataset.num_examples = 10
         return found
 

@@ -423,8 +423,10 @@ def fit(
     eval_rows: list[dict] | None,
     *,
     packing: bool,
+    build=build_trainer,
 ) -> dict:
-    """Train with TRL's SFTTrainer from the newest complete checkpoint, save, report."""
+    """Train from the newest complete checkpoint, save, report. ``build`` makes the trainer
+    (``build_trainer``'s arguments): TRL's SFTTrainer, or the DPO recipe's DPOTrainer."""
     from transformers import EarlyStoppingCallback
 
     started = time.monotonic()
@@ -446,7 +448,7 @@ def fit(
     emit(
         "log", message="training with " + "; ".join(f"{k}: {_shown(v)}" for k, v in runtime.items())
     )
-    trainer = build_trainer(
+    trainer = build(
         config,
         model,
         tokenizer,

@@ -39,11 +39,30 @@ def hardware() -> dict:
     }
 
 
+# TRL's DPO metrics -> tuneplex's: the share of pairs whose preferred answer the adapter now
+# rates above the other (relative to the reference), and the mean gap, beta-scaled.
+PREFERENCE_METRICS = {"rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin"}
+
+
+def preference_metrics(train: list[dict], evals: list[dict]) -> dict[str, float]:
+    """DPO's reward accuracy and margin: at the first and the last logged step, and on the
+    validation set of the published weights (``eval_``)."""
+    metrics: dict[str, float] = {}
+    for trl_name, ours in PREFERENCE_METRICS.items():
+        logged = [h[trl_name] for h in train if trl_name in h]
+        if logged:
+            metrics[f"first_{ours}"] = float(logged[0])
+            metrics[ours] = float(logged[-1])
+        if evals and f"eval_{trl_name}" in evals[-1]:
+            metrics[f"eval_{ours}"] = float(evals[-1][f"eval_{trl_name}"])
+    return metrics
+
+
 def final_metrics(
     log_history: list[dict], train_output, published_step: int | None = None
 ) -> dict[str, float]:
     """First and last train loss; the eval loss and accuracy of the published weights (the
-    evaluation at ``published_step``, else the last one)."""
+    evaluation at ``published_step``, else the last one); DPO's reward accuracy and margin."""
     train = [h for h in log_history if "loss" in h]
     evals = [h for h in log_history if "eval_loss" in h]
     evals = [h for h in evals if h.get("step") == published_step] or evals
@@ -58,7 +77,7 @@ def final_metrics(
         metrics["eval_loss"] = float(evals[-1]["eval_loss"])
         if "eval_mean_token_accuracy" in evals[-1]:
             metrics["eval_token_accuracy"] = float(evals[-1]["eval_mean_token_accuracy"])
-    return metrics
+    return metrics | preference_metrics(train, evals)
 
 
 def loss_history(log_history: list[dict]) -> dict[str, list[list[float]]]:

@@ -1,4 +1,4 @@
-"""Training work: registry -> sft/pretrain recipe -> registry.
+"""Training work: registry -> sft/pretrain/dpo recipe -> registry.
 
 Pulls the base model and datasets into the shared cache, runs the method's recipe with
 checkpoints in the job folder (resuming from the newest complete one), and publishes the result
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from services.client.registry import RegistryClient
 from services.trainer.artifacts import RegistryPullCache, dataset_file, version_ref
 from services.trainer.worker.protocol import CHECKPOINTS_DIR, WorkerConfig, emit, is_rank_zero
-from services.trainer.worker.publish import Publication, publish_once
+from services.trainer.worker.publish import Publication, publish_checkpoints, publish_once
 from services.trainer.worker.training_eval import TrainingEvaluation, publication_folder
 
 if TYPE_CHECKING:  # the recipes import the ML stack, which only the work itself may load
@@ -30,6 +30,10 @@ def run_recipe(recipe: RecipeConfig, output: Path) -> dict[str, Any]:
         from services.trainer.recipes import pretrain
 
         return pretrain.run(recipe, output)
+    if recipe.training.method == "dpo":
+        from services.trainer.recipes import dpo
+
+        return dpo.run(recipe, output)
     from services.trainer.recipes import sft
 
     return sft.run(recipe, output)
@@ -104,9 +108,13 @@ def run(config: WorkerConfig, job_dir: Path, client: RegistryClient) -> str | No
             metrics=metrics,
             hyperparameters=t.model_dump(mode="json"),
             base_model=version_ref(model),
+            labels=config.labels,
         )
 
     published = publish_once(client, t.output_kind, t.output_name, config.job_id, train)
+    if published is not None and t.publish_checkpoints:
+        checkpoints, staging = job_dir / CHECKPOINTS_DIR, job_dir / "published-checkpoints"
+        publish_checkpoints(client, published, config.job_id, checkpoints, staging, config.labels)
     if published is not None and evaluation is not None:
         evaluation.finish(published)
     return published
