@@ -204,7 +204,8 @@ def checkpoint_metrics(events: list[trainer_pb2.JobEvent]) -> dict[int, dict[str
                 name: float(getattr(p, name)) for name in CHECKPOINT_PROGRESS_METRICS
             }
         elif kind == "eval":
-            evals[event.eval.step] = dict(event.eval.metrics)
+            # One step can log several: DPO's training rewards, then a validation pass.
+            evals.setdefault(event.eval.step, {}).update(event.eval.metrics)
         elif kind == "checkpoint_saved":
             step = event.checkpoint_saved.step
             found[step] = progress.get(step, {}) | evals.get(step, {})

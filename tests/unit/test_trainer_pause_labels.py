@@ -279,3 +279,23 @@ def test_a_store_written_before_labels_and_pause_opens_and_filters(tmp_path):
     assert store.list(0, 10, "", {"tuneplex.owner": "a"})[0] == []
     assert not store.pause_requested("job-old") and store.attempts_before_resume("job-old") == 0
     store.close()
+
+
+def test_a_checkpoint_keeps_every_metric_logged_at_its_step():
+    """DPO logs its training rewards as an eval event, and a validation pass can log another at
+    the same step: the checkpoint lists both, not only the last."""
+    from services.trainer.service import checkpoint_metrics
+
+    def event(**kind) -> trainer_pb2.JobEvent:
+        return trainer_pb2.JobEvent(**kind)
+
+    events = [
+        event(progress=trainer_pb2.Progress(step=4, loss=0.5)),
+        event(eval=trainer_pb2.EvalMetrics(step=4, metrics={"reward_margin": 1.5})),
+        event(eval=trainer_pb2.EvalMetrics(step=4, metrics={"eval_loss": 0.7})),
+        event(checkpoint_saved=trainer_pb2.Checkpoint(step=4)),
+    ]
+    found = checkpoint_metrics(events)[4]
+    assert found["reward_margin"] == 1.5
+    assert found["eval_loss"] == pytest.approx(0.7)
+    assert found["loss"] == 0.5

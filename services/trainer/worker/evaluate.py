@@ -19,6 +19,7 @@ import asyncio
 import json
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -302,8 +303,10 @@ def publish_evaluation(
     name: str,
     job_id: str,
     folder: Path,
+    labels: Mapping[str, str],
 ) -> str:
-    """Publish the EVALUATION version once per job; returns its ``name@version``."""
+    """Publish the EVALUATION version once per job, carrying the job's ``labels``; returns
+    its ``name@version``."""
 
     def record() -> Publication:
         shutil.rmtree(folder, ignore_errors=True)  # what a killed attempt left half-written
@@ -322,6 +325,7 @@ def publish_evaluation(
                 "databases": list(summary.databases),
             },
             metrics=result_metrics(summary),
+            labels=labels,
         )
 
     ref = publish_once(client, "evaluation", name, job_id, record)
@@ -400,6 +404,7 @@ def run(config: WorkerConfig, job_dir: Path, client: RegistryClient) -> str:
         name=e.output_name,
         job_id=config.job_id,
         folder=job_dir / "output",
+        labels=config.labels,
     )
 
 

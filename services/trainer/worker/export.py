@@ -66,6 +66,7 @@ def run(config: WorkerConfig, job_dir: Path, client: RegistryClient) -> str:
             source=f"tuneplex export of {version_ref(adapter)} (trainer job {config.job_id})",
             lineage=lineage,
             metrics={k: float(v) for k, v in report["metrics"].items()},
+            labels=config.labels,
         )
 
     ref = publish_once(

@@ -269,6 +269,7 @@ class TrainingEvaluation:
             name=parse_ref(self.prepared.eval_set).name,
             job_id=self.config.job_id,
             folder=self.job_dir / "eval-record",
+            labels=self.config.labels,
         )
         emit(
             "log",
