@@ -5,7 +5,8 @@ split, several at once (on a GPU machine a whole sweep takes minutes; `make demo
 
 RUN is ``name:field=value,...``: fields of the trainer's ``TrainingConfig`` (``max_steps``,
 ``batch_size``, ``learning_rate``, ``lora_r``, ``precision``, ``neftune_noise_alpha``, ...) over
-the demo's own job, plus ``train_examples`` and ``data_seed`` for the generated data; e.g.
+the demo's own job, plus ``train_examples``, ``data_seed`` and ``families`` (question families
+joined by ``+``, e.g. ``families=lookup+count``; default all) for the generated data; e.g.
 ``small-batches:batch_size=4,max_steps=400``. Each run is the trainer's real recipe
 (``services.trainer.recipes.sft``) in its own process; scoring is greedy decoding with
 transformers through the model's chat template, the request `make demo` sends through the
@@ -30,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demo.shop_sql.evaluate import EvalReport, execution_accuracy
-from demo.shop_sql.generate import HANDWRITTEN_SEED, SYSTEM, write_dataset
+from demo.shop_sql.generate import FAMILIES, HANDWRITTEN_SEED, SYSTEM, write_dataset
 from demo.story import DemoConfig, demo_job
 
-DATA_FIELDS = ("train_examples", "data_seed")
+DATA_FIELDS = ("train_examples", "data_seed", "families")
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,23 @@ class Scores:
                 f"held-out by family: {fams}")
 
 
-def data_dir(work: Path, train_examples: int, seed: int, heldout: int) -> Path:
-    """Generated once per (size, seed) and shared by the runs that ask for it."""
-    out = work / f"data-{train_examples}-{seed}"
+def data_dir(work: Path, train_examples: int, seed: int, heldout: int,
+             families: tuple[str, ...] = FAMILIES) -> Path:
+    """Generated once per (size, seed, families) and shared by the runs that ask for it."""
+    some = "" if families == FAMILIES else "-" + "+".join(families)
+    out = work / f"data-{train_examples}-{seed}{some}"
     done = out / ("handwritten_gold.jsonl" if seed == HANDWRITTEN_SEED else "heldout_gold.jsonl")
     if not done.exists():
-        write_dataset(out, train_examples, heldout, seed, say=lambda msg: None)
+        write_dataset(out, train_examples, heldout, seed, say=lambda msg: None, families=families)
     return out
+
+
+def run_families(run: Run) -> tuple[str, ...]:
+    """The run's `families=a+b` (the generator refuses an unknown one)."""
+    text = run.overrides.get("families")
+    if text is None:
+        return FAMILIES
+    return tuple(str(text).split("+"))
 
 
 def handwritten_dir(work: Path, data: Path, cfg: DemoConfig) -> Path:
@@ -101,6 +112,7 @@ def recipe_config(run: Run, model: Path, work: Path, cfg: DemoConfig, gpus: int)
         int(run.overrides.get("train_examples", cfg.train_examples)),
         int(run.overrides.get("data_seed", cfg.seed)),
         cfg.heldout_examples,
+        run_families(run),
     )
     # Validated here so a typo fails before anything trains; checkpoints only at the end.
     training = TrainingConfig(
@@ -177,6 +189,21 @@ def score(model: Path, adapter: Path | None, data: Path, handwritten: Path, devi
     )
 
 
+def score_base(model: Path, work: Path, configs: dict[str, dict], cfg: DemoConfig, device: str,
+               say) -> dict[str, Scores]:
+    """The base model on the questions the runs are scored on: "base" when the runs share one
+    data folder (or there are none), else "base FOLDER" for each."""
+    folders = list(dict.fromkeys(Path(c["train_file"]).parent for c in configs.values()))
+    folders = folders or [data_dir(work, cfg.train_examples, cfg.seed, cfg.heldout_examples)]
+    reports: dict[str, Scores] = {}
+    for data in folders:
+        name = "base" if len(folders) == 1 else f"base {data.name}"
+        reports[name] = score(model, None, data, handwritten_dir(work, data, cfg), device,
+                              cfg.max_tokens, work / name.replace(" ", "-"))
+        say(f"== {name}: {reports[name].summary()}")
+    return reports
+
+
 def sweep(model: Path, work: Path, runs: list[Run], *, base: bool = False, parallel: int = 8,
           cfg: DemoConfig | None = None, say=print) -> dict[str, Scores]:
     """Train `runs` (at most `parallel` at once), score each on both held-out sets as it
@@ -188,12 +215,9 @@ def sweep(model: Path, work: Path, runs: list[Run], *, base: bool = False, paral
     device = "cuda" if gpus else "cpu"
     work.mkdir(parents=True, exist_ok=True)
     reports: dict[str, Scores] = {}
-    if base:
-        data = data_dir(work, cfg.train_examples, cfg.seed, cfg.heldout_examples)
-        reports["base"] = score(model, None, data, handwritten_dir(work, data, cfg), device,
-                                cfg.max_tokens, work / "base")
-        say(f"== base: {reports['base'].summary()}")
     configs = {r.name: recipe_config(r, model, work, cfg, gpus) for r in runs}
+    if base:
+        reports.update(score_base(model, work, configs, cfg, device, say))
     pending, running = list(runs), {}
     while pending or running:
         while pending and len(running) < parallel:
@@ -231,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", type=Path, required=True,
                     help="the base model folder (`tuneplex models import` writes it)")
     ap.add_argument("--work", type=Path, required=True, help="folder for data, runs and results")
-    ap.add_argument("--base", action="store_true", help="also score the base model")
+    ap.add_argument("--base", action="store_true",
+                    help="also score the base model, on the questions the runs are scored on")
     ap.add_argument("--parallel", type=int, default=8, help="runs training at once")
     ap.add_argument("runs", nargs="+", type=Run.parse, metavar="RUN")
     args = ap.parse_args(argv)

@@ -85,14 +85,14 @@ def _draw(ctx: Ctx, intents: list[Intent], seen: set[str]) -> Example | None:
 
 
 def _split(conn: sqlite3.Connection, facts: Facts, n: int, seed: int, heldout: bool,
-           avoid: set[str]) -> list[Example]:
+           avoid: set[str], families: tuple[str, ...]) -> list[Example]:
     rng = random.Random(f"shop-sql-{'heldout' if heldout else 'train'}-{seed}")
     ctx = Ctx(conn, facts, rng, heldout)
-    by_family = {f: [i for i in INTENTS if i.family == f] for f in FAMILIES}
+    by_family = {f: [i for i in INTENTS if i.family == f] for f in families}
     seen, out, queue = set(avoid), [], []
     while len(out) < n:
         if not queue:
-            queue = list(FAMILIES)
+            queue = list(families)
             rng.shuffle(queue)
         family = queue.pop()
         for _ in range(MAX_TRIES):
@@ -106,15 +106,20 @@ def _split(conn: sqlite3.Connection, facts: Facts, n: int, seed: int, heldout: b
     return out
 
 
-def generate_splits(db_path: str | Path, n_train: int, n_heldout: int,
-                    seed: int = 0) -> tuple[list[Example], list[Example]]:
-    """Draw the training and held-out examples against the database at `db_path`."""
+def generate_splits(db_path: str | Path, n_train: int, n_heldout: int, seed: int = 0,
+                    families: tuple[str, ...] = FAMILIES) -> tuple[list[Example], list[Example]]:
+    """Draw the training and held-out examples of `families` against the database at
+    `db_path`."""
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown or not families:
+        raise ValueError(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
     conn = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
     try:
         facts = Facts(conn)
-        train = _split(conn, facts, n_train, seed, heldout=False, avoid=set())
+        train = _split(conn, facts, n_train, seed, heldout=False, avoid=set(),
+                       families=families)
         heldout = _split(conn, facts, n_heldout, seed, heldout=True,
-                         avoid={e.question for e in train})
+                         avoid={e.question for e in train}, families=families)
     finally:
         conn.close()
     return train, heldout
@@ -148,13 +153,15 @@ def _write_jsonl(path: Path, records) -> None:
 
 
 def write_dataset(out: str | Path, n_train: int = 2000, n_heldout: int = 100, seed: int = 0,
-                  say: Callable[[str], None] = print) -> dict[str, Path]:
-    """Build the database and both splits under `out`, and for `HANDWRITTEN_SEED` the
-    hand-written set (`say` tells when it is skipped); return the written paths by name."""
+                  say: Callable[[str], None] = print,
+                  families: tuple[str, ...] = FAMILIES) -> dict[str, Path]:
+    """Build the database and both splits (of `families`) under `out`, and for
+    `HANDWRITTEN_SEED` the hand-written set (`say` tells when it is skipped); return the written
+    paths by name."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     db = build_database(out / "shop.db", seed)
-    train, heldout = generate_splits(db, n_train, n_heldout, seed)
+    train, heldout = generate_splits(db, n_train, n_heldout, seed, families)
     paths = {"db": db, "train": out / "train.jsonl", "heldout": out / "heldout.jsonl",
              "heldout_gold": out / "heldout_gold.jsonl", "heldout_eval": out / "heldout_eval.jsonl"}
     _write_jsonl(paths["train"], (e.chat() for e in train))

@@ -11,7 +11,6 @@ from services.common.errors import AlreadyExists, TuneplexError
 from services.common.labels import check_labels
 from services.common.stubs import trainer_pb2, trainer_pb2_grpc
 from services.trainer.admission import Admission, JobConfig
-from services.trainer.checkpoints import complete_checkpoints
 from services.trainer.eval_spec import EvalConfig, eval_config_to_proto
 from services.trainer.export_spec import ExportConfig, export_config_to_proto, job_config_from_json
 from services.trainer.memory import ActiveJob, MemoryEstimate
@@ -159,20 +158,40 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def ListCheckpoints(self, request, context):
         self.store.get(request.id)
-        found = complete_checkpoints(self.supervisor.job_dir(request.id) / "checkpoints")
-        metrics = checkpoint_metrics(self.store.events(request.id))
+        events = self.store.events(request.id)
+        metrics = checkpoint_metrics(events)
         published = self.store.published_checkpoints(request.id)
         checkpoints = []
-        for c in found:
-            cp = trainer_pb2.Checkpoint(
-                step=c.step,
-                size_bytes=c.size_bytes,
-                metrics=metrics.get(c.step, {}),
-                published=published.get(c.step, ""),
-            )
-            cp.create_time.FromNanoseconds(int(c.mtime * 1e9))
+        for cp in self._complete_checkpoints(request.id, events):
+            cp.metrics.update(metrics.get(cp.step, {}))
+            cp.published = published.get(cp.step, "")
             checkpoints.append(cp)
         return trainer_pb2.ListCheckpointsResponse(checkpoints=checkpoints)
+
+    def _complete_checkpoints(
+        self, job_id: str, events: list[trainer_pb2.JobEvent]
+    ) -> list[trainer_pb2.Checkpoint]:
+        """Where the workers wrote them (a Kubernetes Job's claim, when the trainer mounts it);
+        from the workers' checkpoint events where the runner cannot see them."""
+        seen = self.supervisor.runner.checkpoints(job_id, self.supervisor.job_dir(job_id))
+        if seen is None:
+            saved = {
+                e.checkpoint_saved.step: e.checkpoint_saved
+                for e in events
+                if e.WhichOneof("kind") == "checkpoint_saved"
+            }
+            return [
+                trainer_pb2.Checkpoint(
+                    step=c.step, size_bytes=c.size_bytes, create_time=c.create_time
+                )
+                for _, c in sorted(saved.items())
+            ]
+        found = []
+        for c in seen:
+            cp = trainer_pb2.Checkpoint(step=c.step, size_bytes=c.size_bytes)
+            cp.create_time.FromNanoseconds(int(c.mtime * 1e9))
+            found.append(cp)
+        return found
 
     async def EstimateJobMemory(self, request, context):
         admitted = await asyncio.to_thread(

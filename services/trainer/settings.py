@@ -50,6 +50,12 @@ class TrainerSettings(ServiceSettings):
         description="ReadWriteMany claim Job pods keep job folders and checkpoints on, so an "
         "attempt on another node resumes; unset: an emptyDir, and a lost pod restarts at step 0.",
     )
+    k8s_checkpoint_mount: Path | None = Field(
+        None,
+        description="Where the trainer itself mounts k8s_checkpoint_claim (read-only is "
+        "enough), to read which checkpoint a retried attempt resumes from; unset with a claim: "
+        "the newest step the workers reported.",
+    )
     k8s_cpus: int = Field(
         4,
         ge=1,

@@ -23,18 +23,15 @@ from prometheus_client import Counter
 
 from services.common.errors import FailedPrecondition, TuneplexError
 from services.common.stubs import trainer_pb2
-from services.trainer.checkpoints import latest_checkpoint
 from services.trainer.eval_spec import EvalConfig
 from services.trainer.export_spec import ExportConfig, job_config_from_json
 from services.trainer.runners.base import Runner, WorkerHandle
 from services.trainer.spec import TrainingConfig
 from services.trainer.store import ACTIVE, TERMINAL, JobStore, now
 from services.trainer.worker.protocol import (
-    CHECKPOINTS_DIR,
     DEEPSPEED_FILE,
     DEFAULT_GATEWAY_URL,
     EXIT_DOMAIN_ERROR,
-    LOG_FILE,
     PAUSE_GRACE_SECONDS,
     WorkerConfig,
     write_worker_config,
@@ -176,7 +173,7 @@ class JobSupervisor:
                 code="job_not_paused",
             )
         self.store.resumed(job_id, job.attempt)
-        last = self.last_checkpoint_step(job_id)
+        last = self.resume_step(job_id, self.job_dir(job_id))
         where = f"from the checkpoint at step {last}" if last else "from the start"
         await self.set_state(job, trainer_pb2.JOB_STATE_QUEUED, f"resumed; continues {where}")
         return job
@@ -192,13 +189,25 @@ class JobSupervisor:
         ]
         return max(steps, default=0)
 
+    def resume_step(self, job_id: str, job_dir: Path) -> int:
+        """The step of the newest complete checkpoint, where the workers wrote it (a Kubernetes
+        Job's claim); from their events where the runner cannot see that."""
+        seen = self.runner.checkpoints(job_id, job_dir)
+        if seen is None:
+            return self.last_checkpoint_step(job_id)
+        return seen[-1].step if seen else 0
+
+    def checkpoint_kept(self, job_id: str, job_dir: Path) -> str:
+        last = self.resume_step(job_id, job_dir)
+        return f"its checkpoint at step {last} is kept" if last else "no checkpoint was committed"
+
     def _stop_in_background(self, worker: WorkerHandle, grace_seconds: float) -> None:
         task = asyncio.create_task(worker.stop(grace_seconds))
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
 
     async def _pause_now(self, job: trainer_pb2.Job) -> None:
-        last = self.last_checkpoint_step(job.id)
+        last = self.resume_step(job.id, self.job_dir(job.id))
         message = f"paused at step {last}" if last else "paused before its first checkpoint"
         await self.set_state(job, trainer_pb2.JOB_STATE_PAUSED, message)
 
@@ -254,8 +263,8 @@ class JobSupervisor:
                 await self.fail(
                     job,
                     "worker_crashed",
-                    f"the worker died {since_resume} times (last: {reason}); "
-                    f"see {job_dir / LOG_FILE}",
+                    f"the worker died {since_resume} times (last: attempt {job.attempt}, "
+                    f"{reason}); {self.checkpoint_kept(job_id, job_dir)}",
                 )
                 return
             job.attempt += 1
@@ -307,8 +316,8 @@ class JobSupervisor:
                 await self._pause_now(job)
                 return
             reason = describe_exit(code)
-            last = latest_checkpoint(job_dir / CHECKPOINTS_DIR)
-            resume = f"from the checkpoint at step {last.step}" if last else "from the start"
+            last = self.resume_step(job_id, job_dir)
+            resume = f"from the checkpoint at step {last}" if last else "from the start"
             if isinstance(config, EvalConfig):  # its results file is its checkpoint
                 resume = "with the items already graded kept"
             await self.record(

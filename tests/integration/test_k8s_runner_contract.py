@@ -31,11 +31,12 @@ import pytest
 from services.common.k8s_schema import load_manifests
 from services.common.stubs import trainer_pb2
 from services.trainer.main import build_runner
+from services.trainer.runners.kubernetes import KubernetesRunner
 from services.trainer.settings import TrainerSettings
 from services.trainer.spec import TrainingConfig
 from services.trainer.store import JobStore
 from services.trainer.supervisor import JobSupervisor
-from services.trainer.worker.protocol import ATTEMPT_ENV, EVENT_PREFIX, LOG_FILE
+from services.trainer.worker.protocol import ATTEMPT_ENV, CHECKPOINTS_DIR, EVENT_PREFIX, LOG_FILE
 from tests.helpers.fake_kubernetes_api import FakeKubernetesAPI, PodScript
 
 pytestmark = pytest.mark.integration
@@ -43,6 +44,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "trainer-sa-token"
 USER = "system:serviceaccount:tuneplex:tuneplex-trainer"
+JOB_ID = "job-0123456789ab"
 
 
 def event(kind: str, **fields) -> str:
@@ -67,14 +69,20 @@ def api(base):
         yield fake
 
 
-@pytest.fixture
-def settings(base, api, tmp_path, monkeypatch) -> TrainerSettings:
-    """The trainer's settings as the k8s base configures them, pointed at the fake API."""
+def trainer_config(base: list[dict]) -> dict[str, str]:
+    """The trainer's environment as the k8s base renders it."""
     (config,) = [
         d
         for d in base
         if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("tuneplex-trainer-")
     ]
+    return config["data"]
+
+
+@pytest.fixture
+def settings(base, api, tmp_path, monkeypatch) -> TrainerSettings:
+    """The trainer's settings as the k8s base configures them, pointed at the fake API; the
+    claim the trainer mounts is a folder here."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         json.dumps(
@@ -91,8 +99,9 @@ def settings(base, api, tmp_path, monkeypatch) -> TrainerSettings:
     for name in list(os.environ):
         if name.startswith("TUNEPLEX_") or name.startswith("KUBERNETES_SERVICE"):
             monkeypatch.delenv(name)
-    for key, value in config["data"].items():
+    for key, value in trainer_config(base).items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TUNEPLEX_TRAINER_K8S_CHECKPOINT_MOUNT", str(tmp_path / "claim"))
     monkeypatch.setenv("TUNEPLEX_TRAINER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TUNEPLEX_TRAINER_HOST", "127.0.0.1")  # the service itself is not started
     monkeypatch.setenv("TUNEPLEX_TRAINER_K8S_IMAGE", "ghcr.io/tuneplex/trainer:0.1.0")
@@ -190,6 +199,65 @@ async def test_a_crashed_attempt_resumes_on_the_same_claim_and_publishes(api, se
     # The first attempt's Job is retired before the second is created.
     creates = [i for i, call in enumerate(api.calls) if call == "create jobs"]
     assert api.calls.index(f"delete jobs/{first['metadata']['name']}") < creates[1]
+
+
+def commit_on_claim(claim: Path, step: int, *, marked: bool = True) -> None:
+    """What a Job pod leaves on the claim: its job folder's checkpoint of ``step``."""
+    folder = claim / "jobs" / JOB_ID / CHECKPOINTS_DIR / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    if marked:
+        (folder / "COMPLETE").write_text(folder.name)
+
+
+async def test_a_retried_attempt_resumes_from_the_newest_checkpoint_on_the_claim(
+    api, settings, base
+):
+    # The trainer mounts the Jobs' claim where its setting says, beside its own volume.
+    env = trainer_config(base)
+    (trainer,) = [
+        d for d in base if d["kind"] == "Deployment" and "trainer" in d["metadata"]["name"]
+    ]
+    mounted = volumes_by_mount(trainer)[env["TUNEPLEX_TRAINER_K8S_CHECKPOINT_MOUNT"]]
+    assert (
+        mounted["persistentVolumeClaim"]["claimName"]
+        == env["TUNEPLEX_TRAINER_K8S_CHECKPOINT_CLAIM"]
+    )
+
+    # The pod committed step 4 and died before its event got out, and was killed while
+    # committing step 6: the next attempt resumes from 4, so the service must say 4.
+    claim = settings.k8s_checkpoint_mount
+    assert claim is not None
+    for step in (2, 4):
+        commit_on_claim(claim, step)
+    commit_on_claim(claim, 6, marked=False)
+    api.scripts = [
+        PodScript(
+            lines=[
+                event("progress", step=2, total_steps=8, loss=1.5),
+                event("checkpoint", step=2, size_bytes=1234),
+            ],
+            exit_code=137,
+        ),
+        PodScript(lines=[event("published", output="o@1")], exit_code=0),
+    ]
+    store, supervisor = supervisor_for(settings)
+    await asyncio.wait_for(supervisor.run(JOB_ID), 60)
+    assert store.get(JOB_ID).state == trainer_pb2.JOB_STATE_SUCCEEDED
+    logs = [e.log.message for e in store.events(JOB_ID) if e.WhichOneof("kind") == "log"]
+    assert (
+        "worker attempt 1 ended with exit code 137; resuming from the checkpoint at step 4" in logs
+    )
+
+
+def test_without_a_claim_nothing_outlives_a_pod_and_an_unmounted_claim_is_not_guessed(
+    settings, tmp_path
+):
+    job_dir = tmp_path / "service-job-folder"
+    emptydir = settings.model_copy(update={"k8s_checkpoint_claim": None})
+    assert KubernetesRunner(emptydir, memory_bytes_for=len).checkpoints(JOB_ID, job_dir) == []
+    unmounted = settings.model_copy(update={"k8s_checkpoint_mount": None})
+    assert KubernetesRunner(unmounted, memory_bytes_for=len).checkpoints(JOB_ID, job_dir) is None
 
 
 async def test_cancel_of_a_running_job_deletes_its_job_and_ends_cancelled(api, settings):

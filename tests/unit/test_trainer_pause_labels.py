@@ -16,7 +16,7 @@ import pytest
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from services.common.stubs import trainer_pb2
 from services.trainer.admission import Admission
-from services.trainer.checkpoints import commit_checkpoint
+from services.trainer.checkpoints import commit_checkpoint, complete_checkpoints
 from services.trainer.device import DeviceInfo
 from services.trainer.queue import JobQueue
 from services.trainer.service import TrainerServicer
@@ -62,6 +62,9 @@ class ScriptedRunner:
     async def start(self, job_id, job_dir, num_gpus, zero_stage, attempt=1):
         self.started += 1
         return self.workers.pop(0)
+
+    def checkpoints(self, job_id, job_dir):
+        return complete_checkpoints(job_dir / "checkpoints")
 
 
 class Stack:
@@ -169,6 +172,10 @@ async def test_a_running_job_pauses_at_its_checkpoint_and_resumes_without_spendi
     run = asyncio.create_task(stack.supervisor.run(job.id))
     while stack.supervisor.last_checkpoint_step(job.id) != 4:
         await asyncio.sleep(0.01)
+    checkpoints = tmp_path / "jobs" / job.id / "checkpoints"
+    staged = checkpoints / "_staging" / "checkpoint-4"
+    staged.mkdir(parents=True)  # what the worker's checkpoint event announced
+    commit_checkpoint(staged, checkpoints)
     asked = await stack.pause(job.id)
     assert asked.state == trainer_pb2.JOB_STATE_RUNNING  # until the worker has saved
     await run

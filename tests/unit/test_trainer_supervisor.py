@@ -1,16 +1,18 @@
 """The supervisor's retry rules, with a scripted runner standing in for worker processes:
 crashes resume up to the attempt limit then fail with the reason; a job the worker declares
-wrong is not retried; success needs a published output."""
+wrong is not retried; success needs a published output; what the user reads names no path."""
 
 from __future__ import annotations
 
 import signal
 
 from services.common.stubs import trainer_pb2
+from services.trainer.checkpoints import commit_checkpoint
+from services.trainer.runners.local import LocalRunner
 from services.trainer.spec import TrainingConfig
 from services.trainer.store import JobStore
 from services.trainer.supervisor import JobSupervisor
-from services.trainer.worker.protocol import EXIT_DOMAIN_ERROR
+from services.trainer.worker.protocol import CHECKPOINTS_DIR, EXIT_DOMAIN_ERROR
 
 
 class ScriptedWorker:
@@ -28,8 +30,11 @@ class ScriptedWorker:
         pass
 
 
-class ScriptedRunner:
+class ScriptedRunner(LocalRunner):
+    """Scripted workers; checkpoints are read where the local runner's workers commit them."""
+
     def __init__(self, *attempts: tuple[list[dict], int]):
+        super().__init__()
         self.attempts = list(attempts)
         self.started = 0
 
@@ -66,6 +71,29 @@ async def test_crashes_are_retried_up_to_the_limit_then_fail_with_the_reason(tmp
     assert job.error.code == "worker_crashed" and "signal SIGKILL" in job.error.message
     logs = [e.log.message for e in store.events("job-1") if e.WhichOneof("kind") == "log"]
     assert sum("resuming from the start" in m for m in logs) == 3
+
+
+async def test_the_final_crash_message_says_what_happened_and_names_no_path(tmp_path):
+    killed = ([{"type": "state", "state": "RUNNING"}], -signal.SIGKILL)
+    store, supervisor = setup(tmp_path, ScriptedRunner(killed, killed, killed))
+    checkpoints = supervisor.job_dir("job-1") / CHECKPOINTS_DIR
+    staged = checkpoints / "_staging" / "checkpoint-6"
+    staged.mkdir(parents=True)
+    (staged / "adapter_model.safetensors").write_bytes(b"weights")
+    commit_checkpoint(staged, checkpoints)
+    await supervisor.run("job-1")
+    error = store.get("job-1").error
+    assert error.code == "worker_crashed"
+    assert error.message == (
+        "the worker died 3 times (last: attempt 3, signal SIGKILL); "
+        "its checkpoint at step 6 is kept"
+    )
+    assert "/" not in error.message and str(tmp_path) not in error.message
+    logs = [e.log.message for e in store.events("job-1") if e.WhichOneof("kind") == "log"]
+    assert (
+        logs[-1]
+        == "worker attempt 3 ended with signal SIGKILL; resuming from the checkpoint at step 6"
+    )
 
 
 async def test_a_crash_then_success_publishes(tmp_path):

@@ -5,7 +5,9 @@ and counts attempts); a new attempt is a new Job. The pod is locked down to the 
 Pod Security profile. The worker's config travels in an env var (the service's own volume is
 ReadWriteOnce); the job folders go to ``checkpoint_claim`` when one is configured (the k8s
 base ships a ReadWriteMany claim, so a new attempt on another node resumes from the newest
-checkpoint), else to an emptyDir that dies with the pod.
+checkpoint), else to an emptyDir that dies with the pod. The service reads the checkpoints
+where the pods wrote them: on the claim, which the k8s base mounts into the trainer too
+(``k8s_checkpoint_mount``).
 
 One attempt at a time: a new attempt first deletes the Jobs of earlier ones (a trainer that
 crashed leaves them running, and two workers would write one job folder). A deleted Job ends its
@@ -33,9 +35,11 @@ from services.common.k8s_schema import (
     POD_SECURITY_CONTEXT,
     TRAINER_JOB_LABELS,
 )
+from services.trainer.checkpoints import CheckpointInfo, complete_checkpoints
 from services.trainer.runners.deepspeed import zero_config
 from services.trainer.worker.protocol import (
     ATTEMPT_ENV,
+    CHECKPOINTS_DIR,
     CONFIG_ENV,
     CONFIG_FILE,
     DEEPSPEED_ENV,
@@ -55,6 +59,11 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 DELETED_EXIT = -signal.SIGTERM
 # How long a new attempt waits for an earlier attempt's pod to go (its grace period and more).
 EARLIER_ATTEMPT_DELETE_SECONDS = 300
+
+
+def pod_job_dir(job_id: str) -> str:
+    """The job folder in a Job pod (on the claim, mounted at ``WORK_MOUNT``)."""
+    return f"{WORK_MOUNT}/jobs/{job_id}"
 
 
 def job_name(job_id: str, attempt: int) -> str:
@@ -79,8 +88,7 @@ def build_job_manifest(
     tolerations: list[dict] | None = None,
 ) -> dict:
     """The batch/v1 Job of one attempt of ``job_id``."""
-    job_dir = f"{WORK_MOUNT}/jobs/{job_id}"
-    worker = worker_args(job_dir)
+    worker = worker_args(pod_job_dir(job_id))
     if num_gpus > 1:
         command = [
             "python",
@@ -432,6 +440,17 @@ class KubernetesRunner:
         return KubernetesWorker(
             batch, core, s.k8s_namespace, name, job_dir / LOG_FILE, self.poll_seconds
         )
+
+    def checkpoints(self, job_id: str, job_dir: Path) -> list[CheckpointInfo] | None:
+        """Read on the claim where the trainer mounts it, not in the service's own job folder
+        (the pods never write there)."""
+        s = self.settings
+        if not s.k8s_checkpoint_claim:
+            return []  # an emptyDir: gone with the pod, the next attempt starts over
+        if s.k8s_checkpoint_mount is None:
+            return None
+        on_claim = Path(pod_job_dir(job_id)).relative_to(WORK_MOUNT) / CHECKPOINTS_DIR
+        return complete_checkpoints(s.k8s_checkpoint_mount / on_claim)
 
     def _load_config(self, config) -> None:
         if self.settings.k8s_kubeconfig:

@@ -18,9 +18,11 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from services.trainer.checkpoints import CheckpointInfo, complete_checkpoints
 from services.trainer.runners.deepspeed import write_zero_config
 from services.trainer.worker.protocol import (
     ATTEMPT_ENV,
+    CHECKPOINTS_DIR,
     DEEPSPEED_FILE,
     LOG_FILE,
     PARENT_PID_ENV,
@@ -78,6 +80,9 @@ class LocalWorker:
 class LocalRunner:
     def __init__(self, extra_env: dict[str, str] | None = None):
         self.extra_env = extra_env or {}
+
+    def checkpoints(self, job_id: str, job_dir: Path) -> list[CheckpointInfo]:
+        return complete_checkpoints(job_dir / CHECKPOINTS_DIR)
 
     async def start(
         self, job_id: str, job_dir: Path, num_gpus: int, zero_stage: int, attempt: int = 1
