@@ -1,4 +1,5 @@
-"""Thin HTTP routes: validate, authenticate, hand over to OpenAIServing."""
+"""Thin HTTP routes: validate, authenticate (the caller's key names its owner), hand over to
+OpenAIServing; the files and fine-tuning routes are in fine_tuning/routes.py."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.common.auth import check_bearer
 from services.common.errors import Unavailable
 from services.common.metrics import metrics_payload
+from services.gateway import graders_api
 from services.gateway.engines import EngineState
+from services.gateway.fine_tuning import routes as fine_tuning_routes
+from services.gateway.fine_tuning.owners import owner_of
 from services.gateway.http_errors import retry_headers
 from services.gateway.promotion import PromotionSupport
 from services.gateway.protocol import (
@@ -37,8 +40,13 @@ def promotion(request: Request) -> PromotionSupport:
     return request.app.state.promotion
 
 
-async def require_api_key(request: Request) -> None:
-    check_bearer(request.headers.get("authorization"), request.app.state.settings.api_key_value())
+async def require_api_key(request: Request) -> str:
+    """The caller's owner (the name of the key it sent; `local` when no key is configured),
+    also kept as `request.state.owner`; Unauthenticated for a missing or wrong key."""
+    owner = owner_of(request.headers.get("authorization"),
+                     request.app.state.settings.owner_keys())
+    request.state.owner = owner
+    return owner
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -56,19 +64,20 @@ ops = APIRouter()
 async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request) -> Response:
     body = request.model_dump(exclude_unset=True)
     return await serving(raw_request).create(
-        "/v1/chat/completions", "/v1/chat/completions", body, raw_request)
+        "/v1/chat/completions", "/v1/chat/completions", body, raw_request,
+        owner=raw_request.state.owner)
 
 
 @v1.post("/completions")
 async def create_completion(request: CompletionRequest, raw_request: Request) -> Response:
     body = request.model_dump(exclude_unset=True)
     return await serving(raw_request).create(
-        "/v1/completions", "/v1/completions", body, raw_request)
+        "/v1/completions", "/v1/completions", body, raw_request, owner=raw_request.state.owner)
 
 
 @v1.get("/models", response_model=ModelList)
 async def list_models(raw_request: Request) -> JSONResponse:
-    listing = await serving(raw_request).list_models()
+    listing = await serving(raw_request).list_models(owner=raw_request.state.owner)
     if listing.degraded is None:
         return JSONResponse(listing.model_dump(exclude={"degraded"}))
     return JSONResponse(listing.model_dump(),
@@ -77,7 +86,7 @@ async def list_models(raw_request: Request) -> JSONResponse:
 
 @v1.get("/models/{model:path}", response_model=ModelCard)
 async def retrieve_model(model: str, raw_request: Request) -> ModelCard:
-    return await serving(raw_request).retrieve_model(model)
+    return await serving(raw_request).retrieve_model(model, owner=raw_request.state.owner)
 
 
 @admin.post("/warm", response_model=WarmResponse)
@@ -113,5 +122,8 @@ async def metrics() -> Response:
 
 def attach_routers(app: FastAPI) -> None:
     app.include_router(v1)
+    app.include_router(graders_api.router, prefix="/v1", dependencies=v1.dependencies)
+    app.include_router(fine_tuning_routes.router, prefix="/v1", dependencies=v1.dependencies,
+                       responses=_ERRORS)
     app.include_router(admin)
     app.include_router(ops)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +20,9 @@ from services.gateway import metrics
 from services.gateway.api_router import attach_routers
 from services.gateway.cache import VerifiedDiskCache
 from services.gateway.engines import EngineManager
+from services.gateway.fine_tuning.files import FileStore
+from services.gateway.fine_tuning.jobs import FineTuningJobs
+from services.gateway.fine_tuning.upstream import TrainerAccess
 from services.gateway.http_errors import InternalErrorGuard, error_response
 from services.gateway.promotion import PromotionSupport
 from services.gateway.registry_guard import GuardedRegistry
@@ -27,8 +31,20 @@ from services.gateway.resolver import ModelResolver
 from services.gateway.serving import OpenAIServing
 from services.gateway.settings import GatewaySettings
 
-_ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics",
-           "/tuneplex/v1/warm", "/tuneplex/v1/refresh"}
+
+def trainer_access(settings: GatewaySettings) -> TrainerAccess:
+    """The trainer behind the fine-tuning API, when `trainer_target` names one."""
+    target = settings.trainer_target
+    if not target:
+        return TrainerAccess(None)
+
+    def connect() -> Any:  # a TrainerClient, imported at use as the registry client is
+        from services.client.trainer import TrainerClient
+
+        return TrainerClient(target, api_key=settings.trainer_api_key_value(),
+                             timeout=settings.trainer_timeout_s)
+
+    return TrainerAccess(connect)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -85,7 +101,6 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = scope["path"] if scope["path"] in _ROUTES else "other"
         status = 500
         start = time.perf_counter()
 
@@ -100,6 +115,9 @@ class RequestMetrics:
             await self.app(scope, receive, send_and_note)
         finally:
             metrics.IN_FLIGHT.dec()
+            # The matched route's template (`/v1/files/{file_id}`), so ids do not become label
+            # values; a path no route matched is `other`.
+            route = getattr(scope.get("route"), "path", "other")
             metrics.REQUESTS.labels(route=route, status=str(status)).inc()
             metrics.REQUEST_DURATION.labels(route=route).observe(time.perf_counter() - start)
 
@@ -114,7 +132,10 @@ def build_app(settings: GatewaySettings) -> FastAPI:
                                      timeout=settings.registry_timeout_s)
         registry = GuardedRegistry(client)
         engines: EngineManager | None = None
+        trainer = trainer_access(settings)
         try:
+            app.state.files = FileStore(client)
+            app.state.fine_tuning_jobs = FineTuningJobs(trainer, app.state.files, client)
             cache = VerifiedDiskCache(settings.cache_path, settings.cache_max_bytes)
             resolver = ModelResolver(settings, registry, cache)
             bases = await resolver.prepare_bases()
@@ -130,6 +151,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         finally:
             if engines is not None:
                 await engines.stop()
+            trainer.close()
             await client.close()
 
     app = FastAPI(title="tuneplex gateway", version=tuneplex_version(), lifespan=lifespan,

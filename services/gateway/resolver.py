@@ -6,13 +6,17 @@ mutable `name`/`name@alias` for `resolve_ttl_s`), and whether vLLM can serve wha
 Found-but-unservable (DoRA, modules_to_save, too high a rank, another base) is a 400 that says
 how to serve it anyway; not found is a 404. Whether an adapter is loaded in an engine is
 residency's business (residency.py), not this module's.
+
+Fine-tuned models (`ft:<base>:<owner>:<suffix>:<o>[:ckpt-step-<N>]`, fine_tuning/names.py) name
+the registry adapters `ft-<o>[-step-<N>]`. An adapter that carries an owner label is served to
+that owner only: to anyone else it does not exist (404, as an unknown name).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from services.common.errors import (
 from services.common.refs import is_version_number, version_number
 from services.common.stubs import registry_pb2
 from services.gateway.cache import VerifiedDiskCache, manifest_files
+from services.gateway.fine_tuning import names as ft_names
 from services.gateway.registry_reader import RegistryReader
 from services.gateway.served import AdapterVersion, ResolvedModel, ServedBase, export_hint
 from services.gateway.settings import GatewaySettings
@@ -40,6 +45,25 @@ _PINNED_VERSION_TTL_S = 60.0
 class _Resolution:
     adapter: AdapterVersion
     at: float
+    labels: dict[str, str]
+
+
+def visible_to(labels: dict[str, str] | Mapping[str, str], owner: str | None) -> bool:
+    """Whether a caller of `owner` may see an adapter with `labels`: one without an owner label
+    is everyone's; `owner` None is the gateway itself (no caller to check)."""
+    holder = labels.get(ft_names.OWNER_LABEL)
+    return holder is None or owner is None or holder == owner
+
+
+def listed_name(artifact: registry_pb2.Artifact) -> str:
+    """The name an adapter is listed (and served) under: its `ft:` name when a fine-tuning job
+    made it, else its registry name."""
+    labels = artifact.latest.labels
+    fine_tuned = labels.get(ft_names.FINE_TUNED_MODEL_LABEL)
+    if not fine_tuned:
+        return artifact.name
+    step = labels.get(ft_names.CHECKPOINT_STEP_LABEL)
+    return ft_names.checkpoint_model(fine_tuned, int(step)) if step else fine_tuned
 
 
 def _is_pinned_version(ref: str) -> bool:
@@ -102,15 +126,45 @@ class ModelResolver:
 
     # -- resolving ---------------------------------------------------------------------------
 
-    async def resolve(self, model: str, *, fresh: bool = False) -> ResolvedModel:
+    async def resolve(self, model: str, *, fresh: bool = False,
+                      owner: str | None = None) -> ResolvedModel:
         """What `model` names. `fresh`: ask the registry whatever is cached, and do not fall
-        back on the cache when it is down (a promotion step must act on what is true now)."""
+        back on the cache when it is down (a promotion step must act on what is true now).
+        `owner`: the caller's; an adapter another owner's label claims is not found."""
+        if ft_names.is_fine_tuned(model):
+            return await self._resolve_fine_tuned(model, fresh, owner)
         check_version_selector(model)
         base = self._base_named(model)
         if base is not None:
             return ResolvedModel(base)
-        adapter = await self._resolve_adapter(model, fresh)
-        return ResolvedModel(self._base_for(adapter), adapter)
+        resolution = await self._resolve_adapter(model, fresh)
+        if not visible_to(resolution.labels, owner):
+            raise self._not_found(model)
+        return ResolvedModel(self._base_for(resolution.adapter), resolution.adapter)
+
+    async def _resolve_fine_tuned(self, model: str, fresh: bool,
+                                  owner: str | None) -> ResolvedModel:
+        parsed = ft_names.parse_fine_tuned(model)
+        if parsed is None:
+            raise self._not_found(model)
+        try:
+            resolution = await self._resolve_adapter(parsed.adapter, fresh)
+        except NotFound:
+            raise self._not_found(model) from None
+        labels = resolution.labels
+        final_name = model if parsed.step is None else model.rpartition(":")[0]
+        # The whole name must be the one the job gave it, not only its last part.
+        if (labels.get(ft_names.FINE_TUNED_MODEL_LABEL) != final_name
+                or not visible_to(labels, owner)):
+            raise self._not_found(model)
+        return ResolvedModel(self._base_for(resolution.adapter), resolution.adapter)
+
+    def _not_found(self, ref: str) -> NotFound:
+        return NotFound(
+            f"The model '{ref}' does not exist: it is neither a served base model "
+            f"({', '.join(sorted(self.bases))}) nor an adapter in the registry.",
+            param="model", code="model_not_found",
+        )
 
     def forget(self, name: str, keep: str | None = None) -> int:
         """Drop the cached resolution of every ref of adapter `name` (`name`, `name@3`,
@@ -121,30 +175,27 @@ class ModelResolver:
             del self._resolved[ref]
         return len(refs)
 
-    async def _resolve_adapter(self, ref: str, fresh: bool = False) -> AdapterVersion:
+    async def _resolve_adapter(self, ref: str, fresh: bool = False) -> _Resolution:
         ttl = _PINNED_VERSION_TTL_S if _is_pinned_version(ref) else self._settings.resolve_ttl_s
         cached = None if fresh else self._resolved.get(ref)
         now = time.monotonic()
         if cached is not None and now - cached.at < ttl:
-            return cached.adapter
+            return cached
         try:
             version = await self._registry.resolve("adapter", ref)
         except (NotFound, InvalidArgument):
             self._resolved.pop(ref, None)
-            raise NotFound(
-                f"The model '{ref}' does not exist: it is neither a served base model "
-                f"({', '.join(sorted(self.bases))}) nor an adapter in the registry.",
-                param="model", code="model_not_found",
-            ) from None
+            raise self._not_found(ref) from None
         except Unavailable:
             if cached is None:
                 raise
             # Keep serving what the name meant a moment ago rather than failing every request.
             log.warning("registry unavailable; serving %s as %s", ref, cached.adapter.ref)
-            return cached.adapter
+            return cached
         adapter = self._check_servable(ref, version)
-        self._resolved[ref] = _Resolution(adapter, now)
-        return adapter
+        resolution = _Resolution(adapter, now, dict(version.labels))
+        self._resolved[ref] = resolution
+        return resolution
 
     def _check_servable(self, ref: str, version: registry_pb2.ArtifactVersion) -> AdapterVersion:
         if version.WhichOneof("info") != "adapter":
@@ -183,10 +234,15 @@ class ModelResolver:
             param="model", code="adapter_base_mismatch",
         )
 
-    async def servable_adapters(self) -> list[tuple[registry_pb2.Artifact, ServedBase]]:
-        """Every adapter whose latest version this gateway can serve, with its base."""
+    async def servable_adapters(
+        self, owner: str | None = None
+    ) -> list[tuple[registry_pb2.Artifact, ServedBase]]:
+        """Every adapter whose latest version this gateway can serve, with its base; with
+        `owner`, only those that owner may see."""
         out = []
         for artifact in await self._registry.list("adapter"):
+            if not visible_to(artifact.latest.labels, owner):
+                continue
             try:
                 adapter = self._check_servable(artifact.name, artifact.latest)
                 out.append((artifact, self._base_for(adapter)))

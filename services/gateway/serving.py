@@ -34,9 +34,10 @@ from services.gateway import metrics
 from services.gateway.engine_errors import upstream_error
 from services.gateway.engine_picker import pick_engine
 from services.gateway.engines import Engine, EngineManager, Slot
+from services.gateway.fine_tuning.names import OWNER_LABEL, is_fine_tuned
 from services.gateway.protocol import ModelCard, ModelList
 from services.gateway.residency import AdapterResidency
-from services.gateway.resolver import ModelResolver
+from services.gateway.resolver import ModelResolver, listed_name
 from services.gateway.served import ResolvedModel
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,13 @@ class OpenAIServing:
         # so a listing and a retrieve agree.
         self._since = int(time.time())
 
-    async def list_models(self) -> ModelList:
-        """Bases, and every adapter the registry has that these bases can serve. During a
-        registry outage only the bases, and `degraded` says why."""
+    async def list_models(self, owner: str | None = None) -> ModelList:
+        """Bases, and every adapter the registry has that these bases can serve (with `owner`:
+        that `owner` may see; fine-tuned ones under their `ft:` name). During a registry
+        outage only the bases, and `degraded` says why."""
         cards = [self._base_card(b) for b in self._resolver.bases.values()]
         try:
-            adapters = await self._resolver.servable_adapters()
+            adapters = await self._resolver.servable_adapters(owner)
         except Unavailable as exc:
             log.warning("registry unavailable, listing base models only: %s", exc)
             return ModelList(data=cards, degraded="the model registry is unavailable: only "
@@ -81,20 +83,20 @@ class OpenAIServing:
         cards += [self._adapter_card(artifact, base) for artifact, base in adapters]
         return ModelList(data=cards)
 
-    async def retrieve_model(self, model: str) -> ModelCard:
+    async def retrieve_model(self, model: str, owner: str | None = None) -> ModelCard:
         """`GET /v1/models/{model}`: the card the listing has for it; a ref that is not listed
         by name (`name@2`, `name@alias`) gets a card for what it resolves to."""
         base = self._resolver.bases.get(model)
         if base is not None:
             return self._base_card(base)
         try:
-            resolved = await self._resolver.resolve(model)
+            resolved = await self._resolver.resolve(model, owner=owner)
         except FailedPrecondition as exc:  # found, but not served here: not in the listing
             raise NotFound(exc.message, param="model", code="model_not_found") from None
         if resolved.adapter is None:
             return self._base_card(resolved.base)
-        for artifact, base in await self._resolver.servable_adapters():
-            if artifact.name == model:
+        for artifact, base in await self._resolver.servable_adapters(owner):
+            if model in (artifact.name, listed_name(artifact)):
                 return self._adapter_card(artifact, base)
         return ModelCard(id=model, created=self._since, parent=resolved.base.name,
                          root=resolved.adapter.ref)
@@ -103,13 +105,20 @@ class OpenAIServing:
         return ModelCard(id=base.name, created=self._since, root=base.ref)
 
     def _adapter_card(self, artifact: Any, base: Any) -> ModelCard:
-        return ModelCard(id=artifact.name, created=artifact.create_time.seconds or self._since,
+        return ModelCard(id=listed_name(artifact),
+                         created=artifact.create_time.seconds or self._since,
+                         owned_by=artifact.latest.labels.get(OWNER_LABEL, "tuneplex"),
                          parent=base.name, root=f"{artifact.name}@{artifact.latest.version}")
 
-    async def create(self, route: str, path: str, body: dict[str, Any], raw: Request) -> Response:
-        """Serve one chat or completion request. `body` is the validated request as a dict."""
+    async def create(self, route: str, path: str, body: dict[str, Any], raw: Request,
+                     owner: str | None = None) -> Response:
+        """Serve one chat or completion request. `body` is the validated request as a dict;
+        `owner` the caller's (None: the gateway's own request, no owner to check)."""
         start = time.perf_counter()
-        resolved = await self._resolver.resolve(body["model"])
+        asked = body["model"]
+        resolved = await self._resolver.resolve(asked, owner=owner)
+        # A fine-tuned model is answered under the name the caller wrote, as OpenAI does.
+        public_name = asked if is_fine_tuned(asked) else resolved.public_name
         body["model"] = resolved.upstream_name
         strip_usage = False
         if body.get("stream"):
@@ -131,7 +140,7 @@ class OpenAIServing:
                     return Response(status_code=_CLIENT_CLOSED)
                 data = json.loads(resp)
                 slot.served = True
-            data["model"] = resolved.public_name
+            data["model"] = public_name
             _count_usage(data.get("usage"))
             metrics.TIME_TO_FIRST_TOKEN.labels(route=route).observe(time.perf_counter() - start)
             return JSONResponse(data, headers={VERSION_HEADER: resolved.version_ref})
@@ -144,7 +153,8 @@ class OpenAIServing:
             await stack.aclose()
             raise
         stack.push_async_callback(upstream.aclose)
-        events = self._relay(engine, upstream, resolved, strip_usage, route, start, stack, slot)
+        events = self._relay(engine, upstream, resolved, public_name, strip_usage, route, start,
+                             stack, slot)
         # The background close covers a client that leaves before the first event, when the
         # generator never runs and so never reaches its own cleanup.
         return StreamingResponse(events, media_type="text/event-stream",
@@ -199,10 +209,10 @@ class OpenAIServing:
         return Unavailable("the model's engine is unreachable; retry shortly")
 
     async def _relay(self, engine: Engine, upstream: httpx.Response, resolved: ResolvedModel,
-                     strip_usage: bool, route: str, start: float,
+                     public_name: str, strip_usage: bool, route: str, start: float,
                      stack: contextlib.AsyncExitStack, slot: Slot) -> AsyncIterator[bytes]:
         internal = f'"model":"{resolved.upstream_name}"'.encode()
-        public = f'"model":{json.dumps(resolved.public_name)}'.encode()
+        public = f'"model":{json.dumps(public_name)}'.encode()
         first, buffer = True, b""
         try:
             async for chunk in upstream.aiter_raw():

@@ -8,7 +8,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.common.settings import ServiceSettings, is_loopback
+from services.gateway.fine_tuning.owners import DEFAULT_OWNER, check_owner_names
 
 CPU_ENGINE_CONCURRENCY = 8
 GPU_ENGINE_CONCURRENCY = 256
@@ -28,6 +29,20 @@ class GatewaySettings(ServiceSettings):
     registry_target: str = Field("127.0.0.1:50051", description="Registry gRPC address.")
     registry_api_key: SecretStr | None = Field(None, description="Bearer key for the registry.")
     registry_timeout_s: float = Field(30.0, description="Deadline of one registry call.")
+
+    api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='More bearer keys, each with an owner name, as JSON: `{"team-a": '
+        '"sk-a", "team-b": "sk-b"}`. Each name owns the files, fine-tuning jobs and '
+        "fine-tuned models its key creates and sees only those; `api_key` is owner `default`.",
+    )
+    trainer_target: str | None = Field(
+        None,
+        description="Trainer gRPC address: serves the fine-tuning API (`/v1/fine_tuning/jobs`). "
+        "Unset: those routes answer that fine-tuning is not enabled here.",
+    )
+    trainer_api_key: SecretStr | None = Field(None, description="Bearer key for the trainer.")
+    trainer_timeout_s: float = Field(30.0, gt=0, description="Deadline of one trainer call.")
 
     base_models: list[str] = Field(
         default_factory=lambda: ["smollm2-135m-instruct"],
@@ -102,6 +117,19 @@ class GatewaySettings(ServiceSettings):
     )
 
     @model_validator(mode="after")
+    def _key_required_off_loopback(self) -> GatewaySettings:
+        # Replaces ServiceSettings' rule of the same name: `api_keys` protect the port too.
+        if self.api_key is None and not self.api_keys and not is_loopback(self.host):
+            raise ValueError(
+                f"binding to {self.host} without an API key would expose the service: set "
+                "TUNEPLEX_GATEWAY_API_KEY or TUNEPLEX_GATEWAY_API_KEYS, or bind to 127.0.0.1"
+            )
+        if self.api_key is not None and not self.api_key.get_secret_value():
+            raise ValueError("api_key is set but empty")
+        check_owner_names({n: k.get_secret_value() for n, k in self.api_keys.items()})
+        return self
+
+    @model_validator(mode="after")
     def _check_loras(self) -> GatewaySettings:
         if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
             raise ValueError("max_cpu_loras must be >= max_loras (vLLM refuses otherwise)")
@@ -128,3 +156,13 @@ class GatewaySettings(ServiceSettings):
 
     def registry_api_key_value(self) -> str | None:
         return self.registry_api_key.get_secret_value() if self.registry_api_key else None
+
+    def trainer_api_key_value(self) -> str | None:
+        return self.trainer_api_key.get_secret_value() if self.trainer_api_key else None
+
+    def owner_keys(self) -> dict[str, str]:
+        """Owner name -> key, every key this gateway accepts; empty when none is set."""
+        keys = {name: key.get_secret_value() for name, key in self.api_keys.items()}
+        if self.api_key is not None:
+            keys[DEFAULT_OWNER] = self.api_key.get_secret_value()
+        return keys

