@@ -196,7 +196,7 @@ class RegistryClient(BlockingClient):
         page_token: str = "",
     ) -> tuple[builtins.list[registry_pb2.Artifact], str]:
         """One page of ``list`` in (kind, name) order and the token of the next ("" at the
-        end): for a caller that pages itself (the gateway's ``/v1/files``)."""
+        end), for a caller that pages itself."""
         request = _list_request(kind, labels, page_token, page_size)
         response = self._unary("ListArtifacts", request)
         return list(response.artifacts), response.next_page_token

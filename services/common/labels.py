@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from services.common.errors import InvalidArgument, shown
 
 KEY_RE = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,62}")
-MAX_VALUE_CHARS = 10_000
+# An OpenAI job's metadata (16 pairs of 64 + 512 characters) travels as one JSON label.
+MAX_VALUE_CHARS = 20_000
 MAX_LABELS = 32
 RULE = (
     f"at most {MAX_LABELS} labels; keys of 1-63 characters from [a-z0-9_.-] starting with a "

@@ -8,12 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.common.errors import Unavailable
+from services.common.errors import PermissionDenied, Unavailable
 from services.common.metrics import metrics_payload
 from services.gateway import graders_api
 from services.gateway.engines import EngineState
 from services.gateway.fine_tuning import routes as fine_tuning_routes
-from services.gateway.fine_tuning.owners import owner_of
+from services.gateway.fine_tuning.owners import DEFAULT_OWNER, LOCAL_OWNER, owner_of
 from services.gateway.http_errors import retry_headers
 from services.gateway.promotion import PromotionSupport
 from services.gateway.protocol import (
@@ -49,13 +49,24 @@ async def require_api_key(request: Request) -> str:
     return owner
 
 
+async def require_operator(request: Request) -> None:
+    """The admin routes act on every owner's adapters (warm, refresh): only the operator's key
+    (`api_key`, owner `default`) or a keyless loopback gateway may call them, never a team's."""
+    owner = await require_api_key(request)
+    if owner not in (DEFAULT_OWNER, LOCAL_OWNER):
+        raise PermissionDenied(
+            "this API key may not use the gateway's admin routes; they take the operator's key",
+            code="operator_only",
+        )
+
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse}
     for status in (400, 401, 404, 429, 503, 504)
 }
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
 # Ours, beside OpenAI's surface rather than in it: the gateway's side of a promotion.
-admin = APIRouter(prefix="/tuneplex/v1", dependencies=[Depends(require_api_key)],
+admin = APIRouter(prefix="/tuneplex/v1", dependencies=[Depends(require_operator)],
                   responses=_ERRORS)
 ops = APIRouter()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,9 +137,8 @@ class ModelResolver:
         base = self._base_named(model)
         if base is not None:
             return ResolvedModel(base)
-        resolution = await self._resolve_adapter(model, fresh)
-        if not visible_to(resolution.labels, owner):
-            raise self._not_found(model)
+        resolution = await self._resolve_adapter(
+            model, fresh, admit=lambda labels: visible_to(labels, owner))
         return ResolvedModel(self._base_for(resolution.adapter), resolution.adapter)
 
     async def _resolve_fine_tuned(self, model: str, fresh: bool,
@@ -147,16 +146,17 @@ class ModelResolver:
         parsed = ft_names.parse_fine_tuned(model)
         if parsed is None:
             raise self._not_found(model)
+        final_name = model if parsed.step is None else model.rpartition(":")[0]
+
+        def admit(labels: Mapping[str, str]) -> bool:
+            # The whole name must be the one the job gave it, not only its last part.
+            return (labels.get(ft_names.FINE_TUNED_MODEL_LABEL) == final_name
+                    and visible_to(labels, owner))
+
         try:
-            resolution = await self._resolve_adapter(parsed.adapter, fresh)
+            resolution = await self._resolve_adapter(parsed.adapter, fresh, admit=admit)
         except NotFound:
             raise self._not_found(model) from None
-        labels = resolution.labels
-        final_name = model if parsed.step is None else model.rpartition(":")[0]
-        # The whole name must be the one the job gave it, not only its last part.
-        if (labels.get(ft_names.FINE_TUNED_MODEL_LABEL) != final_name
-                or not visible_to(labels, owner)):
-            raise self._not_found(model)
         return ResolvedModel(self._base_for(resolution.adapter), resolution.adapter)
 
     def _not_found(self, ref: str) -> NotFound:
@@ -175,12 +175,18 @@ class ModelResolver:
             del self._resolved[ref]
         return len(refs)
 
-    async def _resolve_adapter(self, ref: str, fresh: bool = False) -> _Resolution:
+    async def _resolve_adapter(
+        self, ref: str, fresh: bool = False, *,
+        admit: Callable[[Mapping[str, str]], bool] = lambda labels: True,
+    ) -> _Resolution:
+        """`ref`'s adapter version; NotFound unless `admit` takes its labels (the caller's
+        owner), and that before anything is said of whether it can be served, so another
+        owner's adapter reads exactly as an unknown one."""
         ttl = _PINNED_VERSION_TTL_S if _is_pinned_version(ref) else self._settings.resolve_ttl_s
         cached = None if fresh else self._resolved.get(ref)
         now = time.monotonic()
         if cached is not None and now - cached.at < ttl:
-            return cached
+            return self._admitted(ref, cached, admit)
         try:
             version = await self._registry.resolve("adapter", ref)
         except (NotFound, InvalidArgument):
@@ -191,10 +197,18 @@ class ModelResolver:
                 raise
             # Keep serving what the name meant a moment ago rather than failing every request.
             log.warning("registry unavailable; serving %s as %s", ref, cached.adapter.ref)
-            return cached
+            return self._admitted(ref, cached, admit)
+        if not admit(version.labels):
+            raise self._not_found(ref)
         adapter = self._check_servable(ref, version)
         resolution = _Resolution(adapter, now, dict(version.labels))
         self._resolved[ref] = resolution
+        return resolution
+
+    def _admitted(self, ref: str, resolution: _Resolution,
+                  admit: Callable[[Mapping[str, str]], bool]) -> _Resolution:
+        if not admit(resolution.labels):
+            raise self._not_found(ref)
         return resolution
 
     def _check_servable(self, ref: str, version: registry_pb2.ArtifactVersion) -> AdapterVersion:

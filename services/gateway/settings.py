@@ -126,7 +126,11 @@ class GatewaySettings(ServiceSettings):
             )
         if self.api_key is not None and not self.api_key.get_secret_value():
             raise ValueError("api_key is set but empty")
-        check_owner_names({n: k.get_secret_value() for n, k in self.api_keys.items()})
+        keys = {n: k.get_secret_value() for n, k in self.api_keys.items()}
+        check_owner_names(keys)
+        if self.api_key is not None and self.api_key.get_secret_value() in keys.values():
+            # One key, two owners: its objects would be `default`'s, not the named team's.
+            raise ValueError("api_key is also one of api_keys; give each key once")
         return self
 
     @model_validator(mode="after")

@@ -9,7 +9,13 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from services.common.errors import InvalidArgument, NotFound, Unauthenticated, Unavailable
+from services.common.errors import (
+    InvalidArgument,
+    NotFound,
+    TuneplexError,
+    Unauthenticated,
+    Unavailable,
+)
 from services.common.stubs import registry_pb2, trainer_pb2
 from services.gateway.fine_tuning import events, hyperparameters, names
 from services.gateway.fine_tuning.jobs import (
@@ -401,6 +407,25 @@ async def test_a_fine_tuned_name_resolves_to_its_adapter_for_its_owner_only(owne
         assert missing.value.code == "model_not_found"
 
 
+
+async def test_another_owners_unservable_model_reads_as_unknown_not_as_unservable(tmp_path):
+    """Whether an adapter could be served (its rank, DoRA) must not tell another owner that
+    it exists: the owner is checked first."""
+    from tests.unit.test_gateway_resolver import AliasRegistry, make_resolver
+
+    registry = AliasRegistry()
+    version = _owned("ft-o1")
+    version.adapter.rank = 64  # above the gateway's max_lora_rank
+    registry.targets["ft-o1"] = version
+    resolver = make_resolver(tmp_path, registry)
+    for model in (FINAL, "ft-o1"):
+        with pytest.raises(NotFound) as missing:
+            await resolver.resolve(model, owner="team-b")
+        assert missing.value.code == "model_not_found" and "rank" not in missing.value.message
+    with pytest.raises(TuneplexError) as unservable:  # its owner is told why
+        await resolver.resolve(FINAL, owner="team-a")
+    assert "rank" in unservable.value.message
+
 async def test_the_listing_shows_fine_tuned_models_to_their_owner_under_their_names(
     owned_resolver,
 ):
@@ -453,3 +478,99 @@ def test_an_upload_is_copied_byte_for_byte_and_its_examples_counted(tmp_path, da
     path = tmp_path / "data.jsonl"
     assert _copy(io.BytesIO(data), path) == examples
     assert path.read_bytes() == data
+
+
+
+def test_a_team_key_may_not_use_the_admin_routes(tmp_path):
+    """warm and refresh act on every owner's adapters: the operator's key only."""
+    from fastapi.testclient import TestClient
+
+    from services.gateway.app import build_app
+
+    settings = GatewaySettings(home=tmp_path, api_key="sk-op", api_keys={"team-a": "sk-a"})
+    http = TestClient(build_app(settings))  # no lifespan: refused before any work
+    resp = http.post("/tuneplex/v1/refresh", json={"model": "ft-o1"},
+                     headers={"authorization": "Bearer sk-a"})
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "operator_only"
+
+
+def test_one_key_cannot_be_both_the_operators_and_a_teams():
+    with pytest.raises(ValueError, match="give each key once"):
+        GatewaySettings(api_key="sk-a", api_keys={"team-a": "sk-a"})
+
+
+class _RefusingTrainer:
+    def get_job(self, job_id: str) -> trainer_pb2.Job:
+        raise Unauthenticated("invalid API key")
+
+
+async def test_the_trainer_refusing_the_gateways_key_is_not_the_callers_401():
+    """A 401 would make the SDK report the user's own key as wrong."""
+    from services.gateway.fine_tuning.upstream import TrainerAccess
+
+    with pytest.raises(Unavailable) as refused:
+        await TrainerAccess(_RefusingTrainer).call("get_job", "job-x")
+    assert "TUNEPLEX_GATEWAY_TRAINER_API_KEY" in refused.value.message
+
+
+def test_metadata_at_openais_limits_fits_its_label_even_fully_escaped():
+    from services.common.labels import check_labels
+    from services.gateway.fine_tuning.jobs import metadata_label
+
+    worst = {f"{i:02d}" + '"' * 62: '"' * 512 for i in range(16)}
+    check_metadata(worst)
+    check_labels({"openai.metadata": metadata_label(worst)})
+    accented = {f"k{i}": "é" * 512 for i in range(16)}
+    assert "é" in metadata_label(accented)  # kept as written, not as \u00e9
+
+
+@pytest.mark.parametrize("method", ["dora", "full", "continued_pretraining"])
+def test_a_method_whose_model_this_gateway_cannot_serve_is_refused(method):
+    from services.gateway.fine_tuning.jobs import _Method, trainer_method
+
+    with pytest.raises(InvalidArgument) as refused:
+        trainer_method(_Method("supervised", {}), {"method": method})
+    assert refused.value.param == "tuneplex.method" and "served" in refused.value.message
+    assert trainer_method(_Method("supervised", {}), {"method": "qlora"}) == "qlora"
+
+
+class _RecordingTrainer:
+    def __init__(self) -> None:
+        self.specs: list[trainer_pb2.TrainingSpec] = []
+
+    def create_job(self, spec: trainer_pb2.TrainingSpec, labels=None) -> trainer_pb2.Job:
+        self.specs.append(spec)
+        job_spec = trainer_pb2.JobSpec(training=spec)
+        return trainer_pb2.Job(id="job-1", spec=job_spec, labels=labels or {})
+
+
+class _OneFile:
+    async def version(self, owner: str, file_id: str, *, param: str = "file_id"):
+        return registry_pb2.ArtifactVersion(
+            name=file_id,
+            labels={names.OWNER_LABEL: owner, names.PURPOSE_LABEL: "fine-tune"},
+            dataset=registry_pb2.DatasetInfo(
+                format=registry_pb2.DATASET_FORMAT_CHAT, num_examples=24
+            ),
+        )
+
+
+class _AnyModel:
+    async def resolve(self, kind: str, ref: str) -> registry_pb2.ArtifactVersion:
+        return registry_pb2.ArtifactVersion(name=ref, version=1)
+
+
+async def test_tuneplex_settings_reach_the_trainer_as_validated_not_as_sent():
+    """JSON's "8" and 20.0 are accepted by the spec's validation; the wire gets 8 and 20, not
+    a TypeError (a 500) while the spec is built."""
+    from services.gateway.fine_tuning.jobs import FineTuningJobs
+    from services.gateway.fine_tuning.upstream import TrainerAccess
+
+    trainer = _RecordingTrainer()
+    jobs = FineTuningJobs(TrainerAccess(lambda: trainer), _OneFile(), _AnyModel())
+    request = _request(
+        training_file="file-" + "a" * 24, tuneplex={"lora_r": "8", "max_steps": 20.0}
+    )
+    await jobs.create("team-a", request)
+    spec = trainer.specs[0]
+    assert spec.lora.r == 8 and spec.hyperparameters.max_steps == 20

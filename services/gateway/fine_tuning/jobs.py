@@ -44,6 +44,8 @@ from services.gateway.fine_tuning.upstream import TrainerAccess, registry_outage
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+# Methods whose output vLLM loads as a runtime LoRA: `fine_tuned_model` is servable at once.
+SERVABLE_METHODS = ("lora", "qlora")
 # Set by the gateway from the OpenAI fields: not for `tuneplex` to override.
 OWN_SETTINGS = {
     "base_model": "model",
@@ -101,6 +103,13 @@ def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
                 f"metadata {shown(key)} holds a non-printable character", param="metadata"
             )
     return metadata
+
+
+def metadata_label(metadata: Mapping[str, str]) -> str:
+    """The metadata as the job keeps it: compact JSON in one label ("" for none). OpenAI's
+    limits (16 pairs of 64 + 512 characters) keep it within a label even when every character
+    is escaped: 16 * (2 * 64 + 2 * 512 + 6) + 2 < labels.MAX_VALUE_CHARS."""
+    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False) if metadata else ""
 
 
 def check_tuneplex(settings: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -171,6 +180,14 @@ def trainer_method(method: _Method, settings: dict[str, Any]) -> str:
         raise InvalidArgument(
             "tuneplex.method dpo needs method type dpo (and a preference file)",
             param="tuneplex.method",
+        )
+    if asked not in (None, *SERVABLE_METHODS):
+        raise InvalidArgument(
+            f"tuneplex.method {shown(asked)}: the fine-tuned model of a job made here is "
+            f"served by this gateway at once, which takes {' or '.join(SERVABLE_METHODS)} "
+            "adapters; train other methods with the trainer's own API (`tuneplex jobs create`)",
+            param="tuneplex.method",
+            code="unsupported_method",
         )
     return asked or "lora"
 
@@ -310,6 +327,9 @@ class FineTuningJobs:
         config = config_from_values(values)
         values["learning_rate"] = config.learning_rate * resolved.learning_rate_multiplier
         config = config_from_values(values)
+        # The wire gets what the validation made of each value (JSON's "8" or 20.0 as ints).
+        checked = config.model_dump()
+        values = {name: checked[name] for name in values}
         suffix = request.suffix or ""
         labels = {
             names.OWNER_LABEL: owner,
@@ -317,7 +337,7 @@ class FineTuningJobs:
             names.SUFFIX_LABEL: suffix,
             names.TRAINING_FILE_LABEL: request.training_file,
             names.VALIDATION_FILE_LABEL: request.validation_file or "",
-            names.METADATA_LABEL: json.dumps(metadata, separators=(",", ":")) if metadata else "",
+            names.METADATA_LABEL: metadata_label(metadata),
             names.SEED_LABEL: str(config.seed),
             names.FINE_TUNED_MODEL_LABEL: names.fine_tuned_model(
                 request.model, owner, suffix, output_id

@@ -14,6 +14,8 @@ from services.common.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -22,6 +24,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 REGISTRY_DOWN = "the model registry is unavailable; retry shortly"
 TRAINER_DOWN = "the trainer is unavailable; retry shortly"
+# The gateway's own credentials were refused: the operator's problem, never the caller's key
+# (a 401 here would tell the SDK that the user's key is wrong).
+REFUSED = (
+    "the gateway could not authenticate to the {service}; its operator must check "
+    "TUNEPLEX_GATEWAY_{setting}_API_KEY"
+)
 NO_TRAINER = (
     "fine-tuning is not enabled on this gateway: it has no trainer to run jobs "
     "(its operator sets TUNEPLEX_GATEWAY_TRAINER_TARGET)"
@@ -35,6 +43,10 @@ def registry_outage(call: str) -> Iterator[None]:
     except (Unavailable, DeadlineExceeded, Internal) as exc:
         log.warning("registry %s failed: %s", call, exc)
         raise Unavailable(REGISTRY_DOWN, code="registry_unavailable") from None
+    except (Unauthenticated, PermissionDenied) as exc:
+        log.error("the registry refused the gateway's key (%s): %s", call, exc)
+        raise Unavailable(REFUSED.format(service="model registry", setting="REGISTRY"),
+                          code="registry_unavailable") from None
 
 
 class TrainerAccess:
@@ -76,6 +88,10 @@ class TrainerAccess:
         except (Unavailable, DeadlineExceeded, Internal) as exc:
             log.warning("trainer %s failed: %s", what, exc)
             raise Unavailable(TRAINER_DOWN, code="trainer_unavailable") from None
+        except (Unauthenticated, PermissionDenied) as exc:
+            log.error("the trainer refused the gateway's key (%s): %s", what, exc)
+            raise Unavailable(REFUSED.format(service="trainer", setting="TRAINER"),
+                              code="trainer_unavailable") from None
 
     def close(self) -> None:
         if self._client is not None:
