@@ -32,6 +32,7 @@ from services.trainer.worker.protocol import (
     DEEPSPEED_FILE,
     DEFAULT_GATEWAY_URL,
     EXIT_DOMAIN_ERROR,
+    EXIT_PAUSED,
     PAUSE_GRACE_SECONDS,
     WorkerConfig,
     write_worker_config,
@@ -44,6 +45,8 @@ STATES = {"VALIDATING": trainer_pb2.JOB_STATE_VALIDATING, "RUNNING": trainer_pb2
 
 
 def describe_exit(code: int) -> str:
+    if code == EXIT_PAUSED:
+        return "a stop with its checkpoint committed"
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"
@@ -214,8 +217,14 @@ class JobSupervisor:
     async def stop_all(self) -> None:
         """Stop every worker without marking its job: a restarted service resumes them."""
         self.closing = True
-        workers = list(self._workers.values())
-        await asyncio.gather(*(w.stop(self.cancel_grace_seconds) for w in workers))
+
+        def grace(job_id: str) -> float:
+            # A pausing worker is committing the checkpoint its job will wait at.
+            pausing = self.store.pause_requested(job_id)
+            return PAUSE_GRACE_SECONDS if pausing else self.cancel_grace_seconds
+
+        workers = list(self._workers.items())
+        await asyncio.gather(*(w.stop(grace(job_id)) for job_id, w in workers))
 
     def write_worker_config(
         self, job: trainer_pb2.Job, config: TrainingConfig | ExportConfig | EvalConfig
@@ -315,6 +324,10 @@ class JobSupervisor:
                 # checkpoint is still where the next attempt starts.
                 await self._pause_now(job)
                 return
+            if code == EXIT_PAUSED:
+                # Stopped with a committed checkpoint though nobody here asked (a Kubernetes
+                # eviction, a node drain): no crash, so it does not count against the limit.
+                self.store.resumed(job_id, job.attempt)
             reason = describe_exit(code)
             last = self.resume_step(job_id, job_dir)
             resume = f"from the checkpoint at step {last}" if last else "from the start"

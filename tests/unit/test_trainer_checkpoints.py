@@ -89,3 +89,26 @@ def test_the_trainer_loads_the_best_checkpoint_from_where_it_was_committed(tmp_p
     )
     events.on_train_begin(args, resumed, None)
     assert resumed.best_model_checkpoint == str(final / "checkpoint-4")
+
+
+def test_a_stop_asked_after_the_last_step_still_stops_the_worker(tmp_path, capsys):
+    """SIGTERM during the last step's save or the final evaluation finds no step end left to
+    stop at: it must still reach the handler that was there before training (the default one
+    ends the worker), not be swallowed so that a cancelled job goes on to publish."""
+    import signal
+
+    from services.trainer.recipes.common import EventCallback
+
+    delivered = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: delivered.append(signum))
+    try:
+        events = EventCallback(tmp_path / "_staging", tmp_path / "checkpoints")
+        args = SimpleNamespace(load_best_model_at_end=False)
+        state = SimpleNamespace(global_step=9, best_global_step=0, num_input_tokens_seen=0)
+        events.on_train_begin(args, state, None)
+        signal.raise_signal(signal.SIGTERM)  # after the last on_step_end
+        assert events.stop_asked and not delivered
+        events.on_train_end(args, state, None)
+        assert delivered == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -91,6 +91,7 @@ def test_multi_gpu_jobs_launch_torchrun_with_a_zero_config():
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "4"
     assert "--nproc_per_node=4" in container["command"]
     assert "torch.distributed.run" in container["command"]
+    assert "--shutdown-timeout=600" in container["command"]  # the pod's own grace
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert json.loads(env[DEEPSPEED_ENV])["zero_optimization"]["stage"] == 3
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"

@@ -306,3 +306,17 @@ def test_a_checkpoint_keeps_every_metric_logged_at_its_step():
     assert found["reward_margin"] == 1.5
     assert found["eval_loss"] == pytest.approx(0.7)
     assert found["loss"] == 0.5
+
+
+async def test_a_stop_nobody_asked_for_resumes_without_spending_the_crash_budget(tmp_path):
+    """A Kubernetes eviction or a node drain sends SIGTERM: the worker commits a checkpoint and
+    exits EXIT_PAUSED. That is no crash: with max_attempts=2, two of them still leave the job
+    its attempts, and it succeeds."""
+    running = {"type": "state", "state": "RUNNING"}
+    evicted = [StoppableWorker([running], EXIT_PAUSED, until_stopped=False) for _ in range(2)]
+    done = StoppableWorker([{"type": "published", "output": "sql-lora@1"}], 0, until_stopped=False)
+    stack = Stack(tmp_path, ScriptedRunner(*evicted, done))
+    job = await stack.create()
+    await stack.supervisor.run(job.id)
+    job = stack.store.get(job.id)
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED and job.attempt == 3

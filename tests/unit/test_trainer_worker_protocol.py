@@ -103,6 +103,10 @@ def test_the_local_runner_launches_the_worker_package(tmp_path):
     torchrun = worker_command(tmp_path, 2, 2)
     assert torchrun[1:3] == ["-m", "torch.distributed.run"]
     assert torchrun[-4:] == ["-m", "services.trainer.worker", "--job-dir", str(tmp_path)]
+    # torchrun would SIGKILL its ranks 30 s into a pause's checkpoint save otherwise.
+    from services.trainer.worker.protocol import PAUSE_GRACE_SECONDS
+
+    assert f"--shutdown-timeout={PAUSE_GRACE_SECONDS}" in torchrun
 
 
 SERVICE_PROCESS = """

@@ -252,6 +252,11 @@ class EventCallback(TrainerCallback):
         if self._default_sigterm is not None:
             signal.signal(signal.SIGTERM, self._default_sigterm)
             self._default_sigterm = None
+        if self.stop_asked and self.stopped_at is None:
+            # Asked after the last step's end (during its save or the final evaluation): no
+            # step is left to stop at, so the request takes effect as it would have outside
+            # training, rather than the worker going on to publish a cancelled job.
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not args.should_log or not logs:

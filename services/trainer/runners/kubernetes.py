@@ -47,8 +47,8 @@ from services.trainer.worker.protocol import (
     LOG_FILE,
     PAUSE_GRACE_SECONDS,
     REGISTRY_KEY_ENV,
+    launch_command,
     parse_event_line,
-    worker_args,
 )
 
 WORK_MOUNT = "/var/lib/tuneplex"
@@ -58,7 +58,7 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # What a deleted Job's worker counts as: killed, like a local worker sent SIGTERM.
 DELETED_EXIT = -signal.SIGTERM
 # How long a new attempt waits for an earlier attempt's pod to go (its grace period and more).
-EARLIER_ATTEMPT_DELETE_SECONDS = 300
+EARLIER_ATTEMPT_DELETE_SECONDS = PAUSE_GRACE_SECONDS + 60
 
 
 def pod_job_dir(job_id: str) -> str:
@@ -88,18 +88,7 @@ def build_job_manifest(
     tolerations: list[dict] | None = None,
 ) -> dict:
     """The batch/v1 Job of one attempt of ``job_id``."""
-    worker = worker_args(pod_job_dir(job_id))
-    if num_gpus > 1:
-        command = [
-            "python",
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={num_gpus}",
-            *worker,
-        ]
-    else:
-        command = ["python", *worker]
+    command = launch_command("python", pod_job_dir(job_id), num_gpus)
     labels = {"app.kubernetes.io/name": "tuneplex", **TRAINER_JOB_LABELS, JOB_ID_LABEL: job_id}
     memory_mib = max(2048, -(-memory_bytes // (1024 * 1024)))
     # One CPU requested so a busy cluster still schedules the pod; the limit is what its
@@ -147,8 +136,9 @@ def build_job_manifest(
     pod_spec: dict = {
         "restartPolicy": "Never",
         # A deleted pod gets SIGTERM; a pausing worker needs this long to commit its checkpoint
-        # (Kubernetes' default of 30 s would kill a slow save). Cancel is not slower for it:
-        # the worker stops at the end of its step.
+        # (Kubernetes' default of 30 s would kill a slow save). A cancel waits for the same end
+        # of step and save before the pod is gone; a stop request never reaches publishing
+        # (EventCallback.on_train_end).
         "terminationGracePeriodSeconds": PAUSE_GRACE_SECONDS,
         "serviceAccountName": service_account,
         "automountServiceAccountToken": False,

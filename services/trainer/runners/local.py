@@ -26,23 +26,13 @@ from services.trainer.worker.protocol import (
     DEEPSPEED_FILE,
     LOG_FILE,
     PARENT_PID_ENV,
+    launch_command,
     parse_event_line,
-    worker_args,
 )
 
 
 def worker_command(job_dir: Path, num_gpus: int, zero_stage: int) -> list[str]:
-    worker = worker_args(job_dir)
-    if num_gpus <= 1:
-        return [sys.executable, *worker]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={num_gpus}",
-        *worker,
-    ]
+    return launch_command(sys.executable, job_dir, num_gpus)
 
 
 class LocalWorker:

@@ -90,6 +90,23 @@ def worker_args(job_dir: Path | str) -> list[str]:
     return ["-m", WORKER_MODULE, "--job-dir", str(job_dir)]
 
 
+def launch_command(python: str, job_dir: Path | str, num_gpus: int) -> list[str]:
+    """The command of one attempt: the worker itself, or torchrun with a rank per GPU."""
+    if num_gpus <= 1:
+        return [python, *worker_args(job_dir)]
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={num_gpus}",
+        # torchrun's agent SIGKILLs its ranks 30 s after it got SIGTERM unless told otherwise:
+        # a pausing job's ranks need the grace its runner gives it to commit their checkpoint.
+        f"--shutdown-timeout={PAUSE_GRACE_SECONDS}",
+        *worker_args(job_dir),
+    ]
+
+
 def write_worker_config(config: WorkerConfig, job_dir: Path) -> Path:
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
