@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/python -m demo
 
 test: setup
-	$(BIN)/python -m pytest -ra --timeout=1800
+	$(BIN)/python -m pytest -ra --timeout=1800 --durations=30
 
 test-unit: setup
 	$(BIN)/python -m pytest -ra tests/unit

@@ -142,7 +142,10 @@ def test_dpo_job_raises_the_reward_margin_and_publishes_its_checkpoints(
                 "adapter_config.json",
                 "adapter_model.safetensors",
             ]
-        only_step_3 = registry.list("adapter", labels={"tuneplex.checkpoint_step": "3"})
+        # The session's registry holds other jobs' checkpoints too: this job's labels pick it.
+        only_step_3 = registry.list(
+            "adapter", labels={**LABELS, "tuneplex.checkpoint_step": "3"}
+        )
         assert [a.name for a in only_step_3] == ["dpo-sql-step-3"]
         registry.pull("adapter", "dpo-sql-step-6", tmp_path / "step-6")
     # The last checkpoint holds the published weights.

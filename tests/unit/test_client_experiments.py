@@ -63,7 +63,8 @@ def trained(tmp_path, name: str, version: int, log: list[dict], **settings) -> E
         training=training, report=lineage_fields, train_file=train_file, eval_file=None
     )
     steps = max(h["step"] for h in log)
-    trainer = SimpleNamespace(state=SimpleNamespace(log_history=log, global_step=steps))
+    state = SimpleNamespace(log_history=log, global_step=steps, num_input_tokens_seen=100 * steps)
+    trainer = SimpleNamespace(state=state)
     train_output = SimpleNamespace(metrics={"train_runtime": 2.0 * steps}, training_loss=1.0)
     report = write_report(
         config, folder, trainer, train_output, tokens_seen=100 * steps, started=time.monotonic()

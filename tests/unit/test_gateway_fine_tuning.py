@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -567,7 +568,8 @@ async def test_tuneplex_settings_reach_the_trainer_as_validated_not_as_sent():
     from services.gateway.fine_tuning.upstream import TrainerAccess
 
     trainer = _RecordingTrainer()
-    jobs = FineTuningJobs(TrainerAccess(lambda: trainer), _OneFile(), _AnyModel())
+    files: Any = _OneFile()  # the one FileStore method create calls
+    jobs = FineTuningJobs(TrainerAccess(lambda: trainer), files, _AnyModel())
     request = _request(
         training_file="file-" + "a" * 24, tuneplex={"lora_r": "8", "max_steps": 20.0}
     )
