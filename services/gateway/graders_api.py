@@ -151,10 +151,27 @@ def _single(exc: InvalidArgument) -> InvalidArgument:
     return InvalidArgument(message, param=param, code=exc.code)
 
 
+# OpenAI's grader API type of text_similarity has no pass_threshold (its evals API requires
+# one); a trial run reports the score as the reward either way, so a missing one means "pass
+# only at 1.0".
+TRIAL_PASS_THRESHOLD = 1.0
+
+
+def _with_trial_threshold(grader: Any) -> Any:
+    if not isinstance(grader, dict):
+        return grader
+    if grader.get("type") == "text_similarity" and "pass_threshold" not in grader:
+        return {**grader, "pass_threshold": TRIAL_PASS_THRESHOLD}
+    if grader.get("type") == "multi" and isinstance(grader.get("graders"), dict):
+        subs = {k: _with_trial_threshold(v) for k, v in grader["graders"].items()}
+        return {**grader, "graders": subs}
+    return grader
+
+
 def validated(grader: dict[str, Any]) -> dict[str, Any]:
     """The normalised grader (defaults filled), or a 400 naming the field at fault."""
     try:
-        return validate_graders([grader], param=PARAM)[0]
+        return validate_graders([_with_trial_threshold(grader)], param=PARAM)[0]
     except InvalidArgument as exc:
         raise _single(exc) from None
 

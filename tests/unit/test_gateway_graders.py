@@ -87,6 +87,16 @@ def test_text_similarity_scores_the_fuzzy_ratio(http):
     assert body["metadata"]["passed"] is True
 
 
+def test_text_similarity_as_openais_grader_type_has_it_without_a_threshold(http):
+    """OpenAI's grader API type of text_similarity has no pass_threshold: the SDK-typed grader
+    runs, its reward is the score, and it passes only at 1.0."""
+    grader = {k: v for k, v in FUZZY.items() if k != "pass_threshold"}
+    body = run(http, grader, "kitten", answer="sitting")
+    assert body["reward"] == pytest.approx(8 / 13) and body["metadata"]["passed"] is False
+    inside = {"type": "multi", "name": "m", "graders": {"f": grader}, "calculate_output": "f"}
+    assert run(http, inside, "kitten", answer="kitten")["reward"] == 1.0
+
+
 def test_a_field_the_item_lacks_is_the_samples_invalid_variable_error(http):
     body = run(http, EXACT, "Paris", question="Capital of France?")
     assert body["reward"] == 0.0
