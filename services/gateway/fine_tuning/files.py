@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from services.common.errors import InvalidArgument, NotFound, TuneplexError, shown
 from services.common.stubs import registry_pb2
 from services.gateway.fine_tuning import names
+from services.gateway.fine_tuning.paging import after_cursor
 from services.gateway.fine_tuning.protocol import FileDeleted, FileList, FileObject
 from services.gateway.fine_tuning.upstream import registry_outage
 
@@ -146,9 +147,7 @@ class FileStore:
             artifacts = await self.registry.list("dataset", labels=wanted)
         files = [file_object(a.latest) for a in artifacts if names.is_file_id(a.name)]
         files.sort(key=lambda f: (f.created_at, f.id), reverse=order == "desc")
-        if after:
-            ids = [f.id for f in files]
-            files = files[ids.index(after) + 1 :] if after in ids else []
+        files = after_cursor(files, after, lambda f: f.id)
         page = files[:limit]
         return FileList(
             data=page,

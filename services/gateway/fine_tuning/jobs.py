@@ -27,6 +27,7 @@ from services.common.training_spec_proto import config_from_values, spec_from_va
 from services.gateway.fine_tuning import events as job_events
 from services.gateway.fine_tuning import hyperparameters, names
 from services.gateway.fine_tuning.files import FileStore
+from services.gateway.fine_tuning.paging import after_cursor
 from services.gateway.fine_tuning.protocol import (
     MAX_METADATA_KEY,
     MAX_METADATA_PAIRS,
@@ -390,9 +391,7 @@ class FineTuningJobs:
         jobs = [j for j in jobs if _is_fine_tuning_of(j, owner)]
         if metadata is not None:
             jobs = [j for j in jobs if _metadata_matches(j, metadata)]
-        if after:
-            ids = [names.job_id(j.id) for j in jobs]
-            jobs = jobs[ids.index(after) + 1 :] if after in ids else []
+        jobs = after_cursor(jobs, after, lambda j: names.job_id(j.id))
         return JobList(data=[job_object(j) for j in jobs[:limit]], has_more=len(jobs) > limit)
 
     async def cancel(self, owner: str, fine_tuning_job_id: str) -> FineTuningJob:
@@ -451,9 +450,7 @@ class FineTuningJobs:
             for c in sorted(found, key=lambda c: c.step, reverse=True)
             if c.published
         ]
-        if after:
-            ids = [c.id for c in items]
-            items = items[ids.index(after) + 1 :] if after in ids else []
+        items = after_cursor(items, after, lambda c: c.id)
         chosen = items[:limit]
         return JobCheckpointList(
             data=chosen,

@@ -18,11 +18,11 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
 )
+from services.gateway.registry_guard import REGISTRY_DOWN
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-REGISTRY_DOWN = "the model registry is unavailable; retry shortly"
 TRAINER_DOWN = "the trainer is unavailable; retry shortly"
 # The gateway's own credentials were refused: the operator's problem, never the caller's key
 # (a 401 here would tell the SDK that the user's key is wrong).
@@ -36,17 +36,28 @@ NO_TRAINER = (
 )
 
 
+_OUTAGE = (Unavailable, DeadlineExceeded, Internal)
+_REFUSAL = (Unauthenticated, PermissionDenied)
+
+
+def _in_our_words(
+    exc: Exception, call: str, *, service: str, setting: str, down: str, code: str
+) -> Unavailable:
+    """An upstream failure as a 503 a user can act on (retry); the details go to the log."""
+    if isinstance(exc, _REFUSAL):
+        log.error("the %s refused the gateway's key (%s): %s", service, call, exc)
+        return Unavailable(REFUSED.format(service=service, setting=setting), code=code)
+    log.warning("%s %s failed: %s", service, call, exc)
+    return Unavailable(down, code=code)
+
+
 @contextlib.contextmanager
 def registry_outage(call: str) -> Iterator[None]:
     try:
         yield
-    except (Unavailable, DeadlineExceeded, Internal) as exc:
-        log.warning("registry %s failed: %s", call, exc)
-        raise Unavailable(REGISTRY_DOWN, code="registry_unavailable") from None
-    except (Unauthenticated, PermissionDenied) as exc:
-        log.error("the registry refused the gateway's key (%s): %s", call, exc)
-        raise Unavailable(REFUSED.format(service="model registry", setting="REGISTRY"),
-                          code="registry_unavailable") from None
+    except (*_OUTAGE, *_REFUSAL) as exc:
+        raise _in_our_words(exc, call, service="model registry", setting="REGISTRY",
+                            down=REGISTRY_DOWN, code="registry_unavailable") from None
 
 
 class TrainerAccess:
@@ -85,13 +96,9 @@ class TrainerAccess:
     async def _guarded(self, what: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return await asyncio.to_thread(function, *args, **kwargs)
-        except (Unavailable, DeadlineExceeded, Internal) as exc:
-            log.warning("trainer %s failed: %s", what, exc)
-            raise Unavailable(TRAINER_DOWN, code="trainer_unavailable") from None
-        except (Unauthenticated, PermissionDenied) as exc:
-            log.error("the trainer refused the gateway's key (%s): %s", what, exc)
-            raise Unavailable(REFUSED.format(service="trainer", setting="TRAINER"),
-                              code="trainer_unavailable") from None
+        except (*_OUTAGE, *_REFUSAL) as exc:
+            raise _in_our_words(exc, what, service="trainer", setting="TRAINER",
+                                down=TRAINER_DOWN, code="trainer_unavailable") from None
 
     def close(self) -> None:
         if self._client is not None:
