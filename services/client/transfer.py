@@ -18,14 +18,9 @@ from typing import BinaryIO
 
 from services.common.errors import DataLoss, FailedPrecondition, InvalidArgument, shown
 from services.common.file_layout import check_file_layout
+from services.common.kinds import KINDS
 from services.common.stubs import registry_pb2
 
-KINDS = {
-    "dataset": registry_pb2.ARTIFACT_KIND_DATASET,
-    "adapter": registry_pb2.ARTIFACT_KIND_ADAPTER,
-    "model": registry_pb2.ARTIFACT_KIND_MODEL,
-    "evaluation": registry_pb2.ARTIFACT_KIND_EVALUATION,
-}
 CHUNK_BYTES = 2 * 1024 * 1024
 HASH_BLOCK = 4 * 1024 * 1024
 

@@ -37,6 +37,7 @@ def info_to_json(info) -> str:
         registry_pb2.DatasetInfo: "dataset",
         registry_pb2.ModelInfo: "model",
         registry_pb2.EvaluationInfo: "evaluation",
+        registry_pb2.EvalDefinitionInfo: "eval_definition",
     }[type(info)]
     return json.dumps({field: json_format.MessageToDict(info)}, sort_keys=True)
 

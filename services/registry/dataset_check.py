@@ -5,7 +5,8 @@ an error that names the file, the 1-based line number and the rule, e.g.
 
 Formats: chat ``{"messages": [...]}``, ``{"prompt": ..., "completion": ...}``, plain
 ``{"text": ...}`` for continued pretraining, eval sets ``{"input": ..., <reference fields>}``
-(the rules of ``services.common.eval_items``, shared with the eval worker), and preference
+(the rules of ``services.common.eval_items``, shared with the eval worker), OpenAI's eval
+rows ``{"item": {...}, "sample": {...}}`` (what `/v1/evals` runs read), and preference
 pairs, OpenAI's DPO format ``{"input": {"messages": [...]}, "preferred_output": [<assistant
 message>], "non_preferred_output": [<assistant message>]}``. One file holds one format, set by
 its first example.
@@ -39,7 +40,9 @@ FORMAT_NAMES = {
     registry_pb2.DATASET_FORMAT_EVAL: "eval (input)",
     registry_pb2.DATASET_FORMAT_PREFERENCE: "preference (input, preferred_output, "
     "non_preferred_output)",
+    registry_pb2.DATASET_FORMAT_EVAL_ITEMS: "eval items (item)",
 }
+ITEM, SAMPLE = "item", "sample"
 # The stable code of every failed line; the rule in the message says which one.
 CODE = "dataset_invalid"
 
@@ -101,8 +104,9 @@ class DatasetCheck:
             else:
                 raise self._fail(
                     "missing_messages",
-                    "no 'messages' (chat), 'prompt'+'completion', 'text', 'input' (eval) or "
-                    f"'input'+'{PREFERRED}'+'{NON_PREFERRED}' (preference) field",
+                    "no 'messages' (chat), 'prompt'+'completion', 'text', 'input' (eval), "
+                    f"'item' (eval rows) or 'input'+'{PREFERRED}'+'{NON_PREFERRED}' "
+                    "(preference) field",
                 )
         if self.format == registry_pb2.DATASET_FORMAT_UNSPECIFIED:
             self.format, self._format_line = fmt, self._line
@@ -120,6 +124,8 @@ class DatasetCheck:
             chars = self._check_eval(record)
         elif fmt == registry_pb2.DATASET_FORMAT_PREFERENCE:
             chars = self._check_preference(record)
+        elif fmt == registry_pb2.DATASET_FORMAT_EVAL_ITEMS:
+            chars = self._check_eval_items(record)
         else:
             chars = self._check_text(record["text"])
         if chars > self.max_chars:
@@ -266,6 +272,22 @@ class DatasetCheck:
         return sum(len(m["content"]) for m in value)
 
 
+    def _check_eval_items(self, record: dict) -> int:
+        # OpenAI's rows: the item is free-form (an eval's item_schema says what it must hold,
+        # checked when a run reads the file); a sample, when given, is an object too.
+        extra = sorted(set(record) - {ITEM, SAMPLE})
+        if extra:
+            raise self._fail(
+                "unknown_field",
+                f"an eval row holds only 'item' and 'sample'; not {shown(extra[0], 40)}",
+            )
+        if not isinstance(record[ITEM], dict):
+            raise self._fail("item_type", "'item' must be a JSON object")
+        if SAMPLE in record and not isinstance(record[SAMPLE], dict):
+            raise self._fail("sample_type", "'sample' must be a JSON object")
+        return len(json.dumps(record, ensure_ascii=False))
+
+
 def _format_of(record: dict) -> registry_pb2.DatasetFormat:
     if "messages" in record:
         return registry_pb2.DATASET_FORMAT_CHAT
@@ -279,4 +301,7 @@ def _format_of(record: dict) -> registry_pb2.DatasetFormat:
         return registry_pb2.DATASET_FORMAT_TEXT
     if INPUT_KEY in record:
         return registry_pb2.DATASET_FORMAT_EVAL
+    # After eval: an eval item may have a reference field named "item" beside its input.
+    if ITEM in record:
+        return registry_pb2.DATASET_FORMAT_EVAL_ITEMS
     return registry_pb2.DATASET_FORMAT_UNSPECIFIED

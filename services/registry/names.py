@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from services.common.errors import InvalidArgument, shown
 from services.common.file_layout import MAX_PATH_CHARS, check_file_layout, check_file_path
+from services.common.kinds import KIND_NAMES, KINDS
 from services.common.refs import (
     LATEST,
     NAME_RE,
@@ -18,7 +19,6 @@ from services.common.refs import (
     is_version_number,
     parse_ref,
 )
-from services.common.stubs import registry_pb2
 
 __all__ = [
     "KINDS",
@@ -38,13 +38,6 @@ __all__ = [
 RESERVED_ALIASES = frozenset({LATEST})
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
-KINDS: dict[str, registry_pb2.ArtifactKind] = {
-    "dataset": registry_pb2.ARTIFACT_KIND_DATASET,
-    "adapter": registry_pb2.ARTIFACT_KIND_ADAPTER,
-    "model": registry_pb2.ARTIFACT_KIND_MODEL,
-    "evaluation": registry_pb2.ARTIFACT_KIND_EVALUATION,
-}
-KIND_NAMES: dict[int, str] = {v: k for k, v in KINDS.items()}
 
 
 def kind_name(kind: int) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from services.common.errors import InvalidArgument, ResourceExhausted, shown
+from services.common.eval_definition import DEFINITION_FILE, check_definition
 from services.common.eval_summary import RESULTS_FILE, SUMMARY_FILE, EvalSummary
 from services.common.labels import check_labels
 from services.common.stubs import registry_pb2
@@ -68,6 +69,7 @@ Info = (
     | registry_pb2.DatasetInfo
     | registry_pb2.ModelInfo
     | registry_pb2.EvaluationInfo
+    | registry_pb2.EvalDefinitionInfo
 )
 
 
@@ -127,6 +129,8 @@ def plan_upload(
         plan = _plan_adapter(header, files)
     elif kind == "evaluation":
         plan = _plan_evaluation(header, files)
+    elif kind == "eval_definition":
+        plan = _plan_eval_definition(header, files)
     else:
         plan = _plan_model(header, files)
     plan.labels = labels
@@ -172,6 +176,25 @@ def _plan_sqlite(header, files) -> UploadPlan:
         return registry_pb2.DatasetInfo(format=registry_pb2.DATASET_FORMAT_SQLITE, num_examples=0)
 
     return UploadPlan("dataset", header, {entry.path: check}, info)
+
+
+def _plan_eval_definition(header, files) -> UploadPlan:
+    if [f.path for f in files] != [DEFINITION_FILE]:
+        raise InvalidArgument(f"an eval definition is exactly one {DEFINITION_FILE}", param="files")
+    definition = JsonCapture(DEFINITION_FILE)
+
+    def info() -> registry_pb2.EvalDefinitionInfo:
+        broken = check_definition(definition.value)
+        if broken is not None:
+            raise InvalidArgument(
+                f"{DEFINITION_FILE}: {broken}", param="files", code="eval_definition_invalid"
+            )
+        return registry_pb2.EvalDefinitionInfo(
+            display_name=definition.value["name"][:256],
+            num_criteria=len(definition.value["testing_criteria"]),
+        )
+
+    return UploadPlan("eval_definition", header, {DEFINITION_FILE: definition}, info)
 
 
 def _plan_evaluation(header, files) -> UploadPlan:

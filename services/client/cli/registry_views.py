@@ -19,6 +19,7 @@ FORMATS = {
     registry_pb2.DATASET_FORMAT_EVAL: "eval set",
     registry_pb2.DATASET_FORMAT_SQLITE: "SQLite database",
     registry_pb2.DATASET_FORMAT_PREFERENCE: "preference pairs (DPO)",
+    registry_pb2.DATASET_FORMAT_EVAL_ITEMS: "eval rows (item)",
 }
 
 
@@ -60,6 +61,9 @@ def facts(version: registry_pb2.ArtifactVersion) -> str:
     if which == "evaluation":
         e = version.evaluation
         return f"{scored(e)}, {e.model} on {e.eval_set}"
+    if which == "eval_definition":
+        d = version.eval_definition
+        return f"{d.display_name or '(no name)'}: {d.num_criteria} testing criteria"
     if which == "model":
         m = version.model
         return ", ".join(x for x in (m.architecture, m.dtype, m.merged_from_adapter) if x)
