@@ -12,6 +12,7 @@ from services.common.errors import PermissionDenied, Unavailable
 from services.common.metrics import metrics_payload
 from services.gateway import graders_api
 from services.gateway.engines import EngineState
+from services.gateway.evals import routes as eval_routes
 from services.gateway.fine_tuning import routes as fine_tuning_routes
 from services.gateway.fine_tuning.owners import DEFAULT_OWNER, LOCAL_OWNER, owner_of
 from services.gateway.http_errors import retry_headers
@@ -135,6 +136,8 @@ def attach_routers(app: FastAPI) -> None:
     app.include_router(v1)
     app.include_router(graders_api.router, prefix="/v1", dependencies=v1.dependencies)
     app.include_router(fine_tuning_routes.router, prefix="/v1", dependencies=v1.dependencies,
+                       responses=_ERRORS)
+    app.include_router(eval_routes.router, prefix="/v1", dependencies=v1.dependencies,
                        responses=_ERRORS)
     app.include_router(admin)
     app.include_router(ops)

@@ -20,6 +20,8 @@ from services.gateway import metrics
 from services.gateway.api_router import attach_routers
 from services.gateway.cache import VerifiedDiskCache
 from services.gateway.engines import EngineManager
+from services.gateway.evals.definitions import EvalStore
+from services.gateway.evals.runs import EvalRuns
 from services.gateway.fine_tuning.files import FileStore
 from services.gateway.fine_tuning.jobs import FineTuningJobs
 from services.gateway.fine_tuning.upstream import TrainerAccess
@@ -138,6 +140,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             app.state.fine_tuning_jobs = FineTuningJobs(trainer, app.state.files, client)
             cache = VerifiedDiskCache(settings.cache_path, settings.cache_max_bytes)
             resolver = ModelResolver(settings, registry, cache)
+            app.state.evals = EvalStore(client)
+            app.state.eval_runs = EvalRuns(trainer, app.state.evals, app.state.files, client,
+                                           resolver)
             bases = await resolver.prepare_bases()
             residency = AdapterResidency(settings, registry, cache, pinned=resolver.base_keys)
             engines = EngineManager(settings, listener=residency)

@@ -31,6 +31,7 @@ from services.common.refs import is_version_number, version_number
 from services.common.stubs import registry_pb2
 from services.gateway.cache import VerifiedDiskCache, manifest_files
 from services.gateway.fine_tuning import names as ft_names
+from services.gateway.fine_tuning.owners import DEFAULT_OWNER
 from services.gateway.registry_reader import RegistryReader
 from services.gateway.served import AdapterVersion, ResolvedModel, ServedBase, export_hint
 from services.gateway.settings import GatewaySettings
@@ -50,9 +51,11 @@ class _Resolution:
 
 def visible_to(labels: dict[str, str] | Mapping[str, str], owner: str | None) -> bool:
     """Whether a caller of `owner` may see an adapter with `labels`: one without an owner label
-    is everyone's; `owner` None is the gateway itself (no caller to check)."""
+    is everyone's; `owner` None is the gateway itself (no caller to check). The operator's key
+    (owner `default`) sees every owner's adapters: the trainer's eval workers sample with it,
+    a team's eval run of its own fine-tuned model among them. Teams never see each other's."""
     holder = labels.get(ft_names.OWNER_LABEL)
-    return holder is None or owner is None or holder == owner
+    return holder is None or owner in (None, DEFAULT_OWNER) or holder == owner
 
 
 def listed_name(artifact: registry_pb2.Artifact) -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from tests.helpers.gateway_process import GatewayProcess, start_gateway
 from tests.helpers.lora import make_lora_adapter
+from tests.helpers.service_process import free_port
 from tests.helpers.trainer_process import TrainerServer, start_trainer
 
 BASE = "smollm2-135m-instruct"
@@ -18,6 +19,7 @@ BASE_REF = f"{BASE}@1"
 # Small, so a request that gives no max_tokens is cheap and its cap is visible.
 DEFAULT_MAX_TOKENS = 16
 TEAM_KEYS = {"team-a": "sk-team-a", "team-b": "sk-team-b"}
+OPERATOR_KEY = "test-key"
 
 
 @pytest.fixture(scope="session")
@@ -39,9 +41,24 @@ def push_adapter(registry_with_base_model, base_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trainer(registry_with_base_model, tmp_path_factory) -> TrainerServer:
-    """The session's trainer, behind the gateway's fine-tuning API: one job at a time."""
-    server = start_trainer(tmp_path_factory.mktemp("trainer-home"), registry_with_base_model.target)
+def gateway_port() -> int:
+    """Drawn before either starts: the trainer's eval workers sample through the gateway, and
+    the gateway calls the trainer."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def trainer(registry_with_base_model, gateway_port, tmp_path_factory) -> TrainerServer:
+    """The session's trainer, behind the gateway's fine-tuning and evals API: one job at a
+    time; its eval jobs sample through the session's gateway with the operator's key."""
+    server = start_trainer(
+        tmp_path_factory.mktemp("trainer-home"),
+        registry_with_base_model.target,
+        env={
+            "TUNEPLEX_TRAINER_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}",
+            "TUNEPLEX_TRAINER_GATEWAY_API_KEY": OPERATOR_KEY,
+        },
+    )
     try:
         yield server
     finally:
@@ -49,7 +66,9 @@ def trainer(registry_with_base_model, tmp_path_factory) -> TrainerServer:
 
 
 @pytest.fixture(scope="session")
-def gateway(registry_with_base_model, push_adapter, trainer, tmp_path_factory) -> GatewayProcess:
+def gateway(
+    registry_with_base_model, push_adapter, trainer, gateway_port, tmp_path_factory
+) -> GatewayProcess:
     push_adapter("sql-lora", seed=1)
     push_adapter("chat-lora", seed=2)
     gw = start_gateway(
@@ -64,6 +83,8 @@ def gateway(registry_with_base_model, push_adapter, trainer, tmp_path_factory) -
             "TUNEPLEX_GATEWAY_TRAINER_TARGET": trainer.target,
             "TUNEPLEX_GATEWAY_API_KEYS": json.dumps(TEAM_KEYS),
         },
+        api_key=OPERATOR_KEY,
+        port=gateway_port,
     )
     try:
         gw.wait_healthy(timeout=400)

@@ -50,6 +50,8 @@ def test_no_5xx_for_any_generated_request(gateway):
         *_GENERATING, "/v1/files", "/v1/files/{file_id}", "/v1/fine_tuning/jobs",
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events",
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
+        "/v1/evals", "/v1/evals/{eval_id}", "/v1/evals/{eval_id}/runs",
+        "/v1/evals/{eval_id}/runs/{run_id}/output_items",
     }
     statuses: Counter[int] = Counter()
     no_negatives: list[str] = []

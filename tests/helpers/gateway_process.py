@@ -96,11 +96,12 @@ def start_gateway(
     *,
     api_key: str | None = "test-key",
     env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> GatewayProcess:
     """Start ``python -m services.gateway`` on a free loopback port; it loads vLLM in the
     background, so `wait_healthy` tells when it serves."""
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     settings = {
         "PORT": str(port),
         "REGISTRY_TARGET": registry_target,

@@ -409,6 +409,14 @@ async def test_a_fine_tuned_name_resolves_to_its_adapter_for_its_owner_only(owne
 
 
 
+async def test_the_operators_key_uses_every_owners_model_by_name(owned_resolver):
+    """The trainer's eval workers sample with the operator's key (owner `default`): a team's
+    eval run of its own fine-tuned model must be answered; teams stay apart (above)."""
+    for model in (FINAL, "ft-o1", f"{FINAL}:ckpt-step-3"):
+        resolved = await owned_resolver.resolve(model, owner="default")
+        assert resolved.adapter is not None and resolved.adapter.name.startswith("ft-o1")
+
+
 async def test_another_owners_unservable_model_reads_as_unknown_not_as_unservable(tmp_path):
     """Whether an adapter could be served (its rank, DoRA) must not tell another owner that
     it exists: the owner is checked first."""

@@ -62,8 +62,9 @@ def facts(version: registry_pb2.ArtifactVersion) -> str:
         e = version.evaluation
         return f"{scored(e)}, {e.model} on {e.eval_set}"
     if which == "eval_definition":
-        d = version.eval_definition
-        return f"{d.display_name or '(no name)'}: {d.num_criteria} testing criteria"
+        definition = version.eval_definition
+        name = definition.display_name or "(no name)"
+        return f"{name}: {definition.num_criteria} testing criteria"
     if which == "model":
         m = version.model
         return ", ".join(x for x in (m.architecture, m.dtype, m.merged_from_adapter) if x)
