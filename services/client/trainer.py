@@ -122,10 +122,11 @@ class TrainerClient(BlockingClient):
         precision: trainer_pb2.Precision = trainer_pb2.PRECISION_UNSPECIFIED,
         ollama_modelfile: bool = False,
         idempotency_key: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> trainer_pb2.Job:
         """Queue an export job: merge ``adapter`` (`name[@version]`) into its base model and
         publish the result as the model ``name``. ``precision`` is a ``trainer_pb2.Precision``
-        (unspecified: bf16)."""
+        (unspecified: bf16); ``labels`` are kept on the job and the model it publishes."""
         export = trainer_pb2.ExportSpec(
             adapter=adapter,
             output_name=name,
@@ -133,7 +134,9 @@ class TrainerClient(BlockingClient):
             ollama_modelfile=ollama_modelfile,
         )
         request = trainer_pb2.CreateJobRequest(
-            spec=trainer_pb2.JobSpec(export=export), idempotency_key=idempotency_key
+            spec=trainer_pb2.JobSpec(export=export),
+            idempotency_key=idempotency_key,
+            labels=labels or {},
         )
         return self._unary("CreateJob", request).job
 

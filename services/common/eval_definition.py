@@ -29,6 +29,13 @@ def check_definition(value: Any) -> str | None:
     for key, kind in REQUIRED.items():
         if not isinstance(value.get(key), kind):
             return f"{key!r} must be a JSON {'array' if kind is list else kind.__name__}"
+    config = value["data_source_config"]
+    if not isinstance(config.get("item_schema"), dict):
+        return "'data_source_config.item_schema' must be a JSON object (a JSON schema)"
+    if not all(isinstance(v, str) for v in value["metadata"].values()):
+        return "'metadata' values must be strings"
+    if not isinstance(value.get("created_at", 0), int):
+        return "'created_at' must be an integer"
     criteria = value["testing_criteria"]
     if not criteria or len(criteria) > MAX_CRITERIA:
         return f"'testing_criteria' must hold 1 to {MAX_CRITERIA} graders"

@@ -11,12 +11,17 @@ from typing import Any, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Bounds of the sampling settings (OpenAI's ranges; a seed as the training spec's).
+MAX_TEMPERATURE = 2.0
+MAX_TOKENS = 32768
+MAX_SEED = 2**32
+
 
 class SamplingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    max_tokens: int = Field(256, ge=1, le=32768)
+    temperature: float = Field(0.0, ge=0.0, le=MAX_TEMPERATURE)
+    max_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 42
 

@@ -116,10 +116,13 @@ async def refresh(request: RefreshRequest, raw_request: Request) -> RefreshRespo
 @ops.get("/health")
 async def health(raw_request: Request) -> JSONResponse:
     """200 once an engine can serve; 503 while none can: `starting` while one is (re)starting,
-    `down` when none is coming."""
+    `down` when none is coming. A gateway with no base model of its own serves on demand only:
+    it can serve as soon as it runs."""
     engines = raw_request.app.state.engines.engines
     states = {e.id: e.state.value for e in engines}
-    if any(e.state == EngineState.READY for e in engines):
+    on_demand_only = (raw_request.app.state.serving.serves_on_demand
+                      and not any(not e.on_demand for e in engines))
+    if on_demand_only or any(e.state == EngineState.READY for e in engines):
         return JSONResponse({"status": "ok", "engines": states})
     starting = any(e.state == EngineState.STARTING for e in engines)
     return JSONResponse({"status": "starting" if starting else "down", "engines": states},

@@ -26,6 +26,7 @@ from services.gateway.fine_tuning.files import FileStore
 from services.gateway.fine_tuning.jobs import FineTuningJobs
 from services.gateway.fine_tuning.upstream import TrainerAccess
 from services.gateway.http_errors import InternalErrorGuard, error_response
+from services.gateway.on_demand import OnDemandModels
 from services.gateway.promotion import PromotionSupport
 from services.gateway.registry_guard import GuardedRegistry
 from services.gateway.residency import AdapterResidency
@@ -134,26 +135,40 @@ def build_app(settings: GatewaySettings) -> FastAPI:
                                      timeout=settings.registry_timeout_s)
         registry = GuardedRegistry(client)
         engines: EngineManager | None = None
+        on_demand: OnDemandModels | None = None
         trainer = trainer_access(settings)
         try:
             app.state.files = FileStore(client)
             app.state.fine_tuning_jobs = FineTuningJobs(trainer, app.state.files, client)
             cache = VerifiedDiskCache(settings.cache_path, settings.cache_max_bytes)
             resolver = ModelResolver(settings, registry, cache)
-            app.state.evals = EvalStore(client)
+            app.state.evals = EvalStore(client, resolver)
             app.state.eval_runs = EvalRuns(trainer, app.state.evals, app.state.files, client,
                                            resolver)
             bases = await resolver.prepare_bases()
-            residency = AdapterResidency(settings, registry, cache, pinned=resolver.base_keys)
+            # The cache keeps what engines read: the bases, and the models of on-demand engines.
+            def pinned() -> set[str]:
+                keys = set(resolver.base_keys())
+                return keys | on_demand.keys() if on_demand is not None else keys
+
+            residency = AdapterResidency(settings, registry, cache, pinned=pinned)
             engines = EngineManager(settings, listener=residency)
             engines.serve(bases)
+            if settings.on_demand_engines and engines.manages_processes:
+                on_demand = OnDemandModels(settings, registry, cache, engines, trainer,
+                                           resolver.base_keys)
             app.state.engines = engines
             app.state.serving = OpenAIServing(resolver, residency, engines,
-                                              default_max_tokens=settings.default_max_tokens)
+                                              default_max_tokens=settings.default_max_tokens,
+                                              on_demand=on_demand)
             app.state.promotion = PromotionSupport(resolver, residency, engines)
             engines.start()  # engines come up in the background; /health says when
+            if on_demand is not None:
+                on_demand.start()
             yield
         finally:
+            if on_demand is not None:
+                await on_demand.stop()
             if engines is not None:
                 await engines.stop()
             trainer.close()

@@ -92,6 +92,8 @@ class Engine:
         self.service_time = ServiceTime()
         self._started: dict[Slot, float] = {}  # when each request in flight took its slot
         self.check_now = asyncio.Event()
+        self.on_demand = False  # started for a request (on_demand.py), stopped when idle
+        self.last_used = time.monotonic()  # when a request last took or left a slot
 
     @property
     def url(self) -> str:
@@ -147,11 +149,12 @@ class Engine:
         finally:
             self.waiting -= 1
         slot, self.in_flight = Slot(), self.in_flight + 1
-        self._started[slot] = time.monotonic()
+        self._started[slot] = self.last_used = time.monotonic()
         try:
             yield slot
         finally:
-            held = time.monotonic() - self._started.pop(slot)
+            self.last_used = time.monotonic()
+            held = self.last_used - self._started.pop(slot)
             if slot.served:
                 self.service_time.observe(held)
             self.in_flight -= 1
@@ -243,6 +246,7 @@ class EngineManager:
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self._sockets: SocketFolder | None = None
+        self._supervisors: dict[str, asyncio.Task] = {}  # of the engines `add` started
 
     def serve(self, bases: list[ServedBase]) -> None:
         self._bases = {b.name: b for b in bases}
@@ -263,6 +267,44 @@ class EngineManager:
     def start(self) -> None:
         for engine in self.engines:
             self._tasks.append(asyncio.create_task(self._supervise(engine), name=engine.id))
+
+    @property
+    def manages_processes(self) -> bool:
+        """Whether this gateway starts its engines (it can then start more on demand)."""
+        return not self._settings.engine_urls
+
+    def add(self, base: ServedBase, engine_id: str) -> Engine:
+        """Start one more managed engine, for `base`, supervised like the others."""
+        if not self.manages_processes:
+            raise RuntimeError("attached engines cannot be started by the gateway")
+        if self._sockets is None and not self._settings.engine_port_start:
+            self._sockets = SocketFolder()
+        engine = Engine(engine_id, self._settings, base, None)
+        # Socket names and ports by index: never one a running engine holds.
+        engine.index = max((e.index for e in self.engines), default=-1) + 1
+        engine.sockets = self._sockets
+        if self._settings.engine_port_start:
+            engine.port = self._settings.engine_port_start + engine.index
+        engine.on_demand = True
+        self.engines.append(engine)
+        task = asyncio.create_task(self._supervise(engine), name=engine.id)
+        self._tasks.append(task)
+        self._supervisors[engine.id] = task
+        return engine
+
+    async def remove(self, engine: Engine) -> None:
+        """Stop an engine `add` started, and forget it."""
+        task = self._supervisors.pop(engine.id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self._tasks.remove(task)
+        if engine in self.engines:
+            self.engines.remove(engine)
+        engine.state = EngineState.STOPPED
+        await engine.kill()
+        await engine._close_client()
+        metrics.ENGINES_READY.set(sum(e.state == EngineState.READY for e in self.engines))
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -317,6 +359,8 @@ class EngineManager:
             if up_before:
                 metrics.ENGINE_RESTARTS.inc()
             up_before, backoff = True, 1.0
+            # Idleness counts from here: a start that took long was not an idle engine.
+            engine.last_used = time.monotonic()
             self._set_state(engine, EngineState.READY)
             log.info("engine %s: ready", engine.id)
             await self._watch(engine)

@@ -66,3 +66,21 @@ REQUESTS_REFUSED = Counter(
     "Requests answered 429 at once because their expected wait for an engine was too long "
     "(max_queue_time_s) or its waiting line was full (max_queue_per_engine).",
 )
+ON_DEMAND_ENGINES = Gauge(
+    "gateway_on_demand_engines", "Engines started on demand for a model, running now."
+)
+ON_DEMAND_STARTS = Counter(
+    "gateway_on_demand_engine_starts_total", "Engines started on demand, by why.", ["reason"]
+)
+ON_DEMAND_STOPS = Counter(
+    "gateway_on_demand_engine_stops_total",
+    "On-demand engines stopped: idle past on_demand_idle_s, or evicted to make room.",
+    ["reason"],
+)
+MERGES = Counter(
+    "gateway_adapter_merges_total",
+    "Merges of adapters vLLM cannot load at runtime: `asked` each time a request found none "
+    "and asked the trainer (one export job per adapter version), `succeeded` / `failed` as a "
+    "waiting request saw it end.",
+    ["outcome"],
+)

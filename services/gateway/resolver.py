@@ -49,6 +49,20 @@ class _Resolution:
     labels: dict[str, str]
 
 
+class NeedsMerge(FailedPrecondition):
+    """An adapter vLLM cannot load at runtime whose merged model it can serve (DoRA,
+    modules_to_save, a rank above max_lora_rank); on_demand.py serves it so when enabled,
+    otherwise the user reads the message (how to export it)."""
+
+    def __init__(self, message: str, version: registry_pb2.ArtifactVersion):
+        super().__init__(message, param="model", code="adapter_not_servable")
+        self.version = version
+
+    @property
+    def ref(self) -> str:
+        return f"{self.version.name}@{self.version.version}"
+
+
 def visible_to(labels: dict[str, str] | Mapping[str, str], owner: str | None) -> bool:
     """Whether a caller of `owner` may see an adapter with `labels`: one without an owner label
     is everyone's; `owner` None is the gateway itself (no caller to check). The operator's key
@@ -219,10 +233,12 @@ class ModelResolver:
             raise FailedPrecondition(f"'{ref}' is not an adapter", param="model")
         info = version.adapter
         exact = f"{version.name}@{version.version}"
-        problem = None
         if info.peft_type and info.peft_type.upper() != "LORA":
-            problem = f"is a {info.peft_type} adapter; vLLM serves LoRA adapters only"
-        elif info.use_dora:
+            raise FailedPrecondition(
+                f"adapter {exact} is a {info.peft_type} adapter; vLLM serves LoRA adapters only: "
+                f"{export_hint(exact)}.", param="model", code="adapter_not_servable")
+        problem = None
+        if info.use_dora:
             problem = "uses DoRA, which vLLM cannot load as a runtime adapter"
         elif info.modules_to_save:
             problem = (f"trains full copies of {', '.join(info.modules_to_save)} "
@@ -231,8 +247,8 @@ class ModelResolver:
             problem = (f"has rank {info.rank}, above this gateway's max_lora_rank "
                        f"{self._settings.max_lora_rank} (TUNEPLEX_GATEWAY_MAX_LORA_RANK)")
         if problem:
-            raise FailedPrecondition(f"adapter {exact} {problem}: {export_hint(exact)}.",
-                                     param="model", code="adapter_not_servable")
+            # A merge turns it into plain weights: served that way when on-demand engines are on.
+            raise NeedsMerge(f"adapter {exact} {problem}: {export_hint(exact)}.", version)
         broken = self._cache.unservable(version.manifest.sha256)
         if broken:  # its files could not be written here before: do not list or fetch it again
             raise FailedPrecondition(f"adapter {exact} cannot be served: {broken}",

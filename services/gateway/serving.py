@@ -26,6 +26,7 @@ from starlette.background import BackgroundTask
 from services.common.errors import (
     DeadlineExceeded,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     TuneplexError,
     Unavailable,
@@ -35,9 +36,10 @@ from services.gateway.engine_errors import upstream_error
 from services.gateway.engine_picker import pick_engine
 from services.gateway.engines import Engine, EngineManager, Slot
 from services.gateway.fine_tuning.names import OWNER_LABEL, is_fine_tuned
+from services.gateway.on_demand import OnDemandModels
 from services.gateway.protocol import ModelCard, ModelList
 from services.gateway.residency import AdapterResidency
-from services.gateway.resolver import ModelResolver, listed_name
+from services.gateway.resolver import ModelResolver, NeedsMerge, listed_name
 from services.gateway.served import ResolvedModel
 
 log = logging.getLogger(__name__)
@@ -60,14 +62,20 @@ def cap_max_tokens(body: dict[str, Any], default: int, context: int | None) -> N
 
 class OpenAIServing:
     def __init__(self, resolver: ModelResolver, residency: AdapterResidency,
-                 engines: EngineManager, *, default_max_tokens: int):
+                 engines: EngineManager, *, default_max_tokens: int,
+                 on_demand: OnDemandModels | None = None):
         self._resolver = resolver
         self._residency = residency
         self._engines = engines
         self._default_max_tokens = default_max_tokens
+        self._on_demand = on_demand  # None: models outside the served bases are refused
         # Base models are "created" when this gateway started serving them: a stable value,
         # so a listing and a retrieve agree.
         self._since = int(time.time())
+
+    @property
+    def serves_on_demand(self) -> bool:
+        return self._on_demand is not None
 
     async def list_models(self, owner: str | None = None) -> ModelList:
         """Bases, and every adapter the registry has that these bases can serve (with `owner`:
@@ -116,9 +124,7 @@ class OpenAIServing:
         `owner` the caller's (None: the gateway's own request, no owner to check)."""
         start = time.perf_counter()
         asked = body["model"]
-        resolved = await self._resolver.resolve(asked, owner=owner)
-        # A fine-tuned model is answered under the name the caller wrote, as OpenAI does.
-        public_name = asked if is_fine_tuned(asked) else resolved.public_name
+        resolved, engines, public_name = await self._route(asked, owner)
         body["model"] = resolved.upstream_name
         strip_usage = False
         if body.get("stream"):
@@ -127,7 +133,6 @@ class OpenAIServing:
             if not options.get("include_usage"):
                 body["stream_options"] = {**options, "include_usage": True}
                 strip_usage = True
-        engines = self._engines.for_base(resolved.base.name)
         warm = self._residency.engines_with(resolved.adapter.lora_id) if resolved.adapter else ()
         engine = pick_engine(engines, resolved.base.name, warm)
         cap_max_tokens(body, self._default_max_tokens, engine.max_model_len)
@@ -161,6 +166,36 @@ class OpenAIServing:
                                  headers={"cache-control": "no-cache",
                                           VERSION_HEADER: resolved.version_ref},
                                  background=BackgroundTask(stack.aclose))
+
+    async def _route(self, asked: str, owner: str | None
+                     ) -> tuple[ResolvedModel, list[Engine], str]:
+        """What answers `asked`: the resolved model, the engines that serve it, and the name
+        the response gives it. A model the served bases do not cover goes to an on-demand
+        engine when those are on: a registry model by its name, an adapter vLLM cannot load
+        at runtime through its merged model."""
+        try:
+            resolved = await self._resolver.resolve(asked, owner=owner)
+        except NeedsMerge as needs:
+            if self._on_demand is None:
+                raise
+            deadline = self._on_demand.deadline()
+            base = await self._on_demand.merged(needs, deadline)
+            engines = await self._on_demand.engines(base, deadline, "merged adapter")
+            # Answered under the adapter's exact version, as a runtime-loaded adapter is.
+            return ResolvedModel(base), engines, asked if is_fine_tuned(asked) else needs.ref
+        except NotFound as unknown:
+            if self._on_demand is None:
+                raise
+            try:
+                base = await self._on_demand.model(asked, owner)
+            except (NotFound, InvalidArgument):
+                raise unknown from None
+            deadline = self._on_demand.deadline()
+            engines = await self._on_demand.engines(base, deadline, "registry model")
+            return ResolvedModel(base), engines, base.name
+        # A fine-tuned model is answered under the name the caller wrote, as OpenAI does.
+        public_name = asked if is_fine_tuned(asked) else resolved.public_name
+        return resolved, self._engines.for_base(resolved.base.name), public_name
 
     async def _send(self, engine: Engine, path: str, payload: bytes,
                     resolved: ResolvedModel) -> bytes:

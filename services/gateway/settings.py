@@ -110,6 +110,25 @@ class GatewaySettings(ServiceSettings):
         description="`max_tokens` of a request that gives none (or null): without it the "
         "engine generates until the context is full. Cut to the engine's context length.",
     )
+    on_demand_engines: int = Field(
+        1,
+        ge=0,
+        description="Engines the gateway may start on demand, beside its base models' own: for "
+        "a model asked by name that is in the registry but not a served base (an export, a new "
+        "base), and for an adapter vLLM cannot load at runtime (DoRA, modules_to_save, a rank "
+        "above max_lora_rank), served from its merged model. At the limit, an idle one makes "
+        "room. 0 turns it off. Only for engines the gateway starts (not with engine_urls).",
+    )
+    on_demand_idle_s: float = Field(
+        600.0, gt=0, description="An on-demand engine with no request for this long is stopped."
+    )
+    on_demand_wait_s: float = Field(
+        120.0,
+        ge=0,
+        description="How long a request waits for an on-demand model to be ready (its merge by "
+        "the trainer, its engine's start) before it gets 503 with `retry-after`; the work goes "
+        "on, and a later request finds it further along.",
+    )
     engine_api_key: SecretStr | None = Field(
         None,
         description="Bearer key of attached engines (vLLM `--api-key`). Engines the gateway "

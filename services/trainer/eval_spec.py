@@ -24,7 +24,7 @@ from services.common.errors import InvalidArgument
 from services.common.refs import check_name, parse_ref
 from services.common.stubs import trainer_pb2
 from services.evaluation.graders import validate_graders
-from services.evaluation.sampling import SamplingConfig
+from services.evaluation.sampling import MAX_SEED, MAX_TEMPERATURE, MAX_TOKENS, SamplingConfig
 
 E = "evaluation."
 Backend = Literal["auto", "gateway", "local"]
@@ -35,10 +35,6 @@ BACKENDS: dict[trainer_pb2.EvalBackend, Backend] = {
 }
 DEFAULT_CONCURRENCY = 16
 MAX_CONCURRENCY = 256
-# Bounds of the sampling settings (OpenAI's ranges; a seed as the training spec's).
-MAX_TEMPERATURE = 2.0
-MAX_TOKENS = 32768
-MAX_SEED = 2**32
 
 
 class EvalConfig(BaseModel):

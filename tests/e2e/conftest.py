@@ -82,6 +82,9 @@ def gateway(
             "TUNEPLEX_GATEWAY_DEFAULT_MAX_TOKENS": str(DEFAULT_MAX_TOKENS),
             "TUNEPLEX_GATEWAY_TRAINER_TARGET": trainer.target,
             "TUNEPLEX_GATEWAY_API_KEYS": json.dumps(TEAM_KEYS),
+            # A DoRA adapter here gets the 400 that says how to export it (what a gateway
+            # without on-demand engines answers); test_export_gateway.py serves one merged.
+            "TUNEPLEX_GATEWAY_ON_DEMAND_ENGINES": "0",
         },
         api_key=OPERATOR_KEY,
         port=gateway_port,

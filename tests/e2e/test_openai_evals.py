@@ -182,6 +182,9 @@ def test_an_eval_runs_against_the_base_and_the_fine_tuned_model(team_a, capitals
         assert item.datasource_item == row["item"]
         assert item.sample.input[0].content == f"What is the capital of {row['item']['country']}?"
         answer = item.sample.output[0].content
+        # The sampling the job used: what the run asked, and the defaults for the rest.
+        assert (item.sample.max_completion_tokens, item.sample.seed) == (12, 7)
+        assert (item.sample.temperature, item.sample.top_p) == (0, 1.0)
         [fmt, close] = item.results
         assert fmt.name == "Answers in the format"
         assert fmt.passed == (FORMAT in answer), answer

@@ -269,3 +269,102 @@ def test_an_item_schema_that_cannot_be_applied_is_a_400_not_a_500():
     with pytest.raises(InvalidArgument) as refused:
         rendered([{"item": {"input": "a", "answer": "b"}}], schema=remote)
     assert refused.value.code == "invalid_item_schema"
+
+
+@pytest.mark.parametrize(
+    ("criterion", "param"),
+    [
+        ({"type": ["string_check"], "name": "x"}, "testing_criteria[0].type"),
+        ({"type": {"a": 1}}, "testing_criteria[0].type"),
+        ({**EXACT, "name": ["n"]}, "testing_criteria[0].name"),
+    ],
+)
+def test_a_criterion_of_the_wrong_shape_is_a_400_not_a_500(criterion, param):
+    with pytest.raises(InvalidArgument) as refused:
+        criteria.grader_specs([criterion])
+    assert refused.value.param == param
+
+
+@pytest.mark.parametrize(
+    ("sampling", "field"),
+    [
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"seed": 1.5}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"max_completion_tokens": 10**12}, "max_completion_tokens"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+    ],
+)
+def test_sampling_values_of_the_wrong_type_or_range_are_refused(sampling, field):
+    with pytest.raises(InvalidArgument) as refused:
+        data_source.parse(completions(sampling_params=sampling))
+    assert refused.value.param == f"data_source.sampling_params.{field}"
+
+
+class _OneOwnerResolver:
+    """Resolves only team-a's fine-tuned model (as the gateway's resolver would for team-a)."""
+
+    async def resolve(self, model, *, owner=None):
+        from services.common.errors import NotFound
+
+        if model != "ft:base:team-a:x:o1" or owner != "team-a":
+            raise NotFound(f"no {model}")
+        return object()
+
+
+class _Datasets:
+    async def resolve(self, kind, ref):
+        from services.common.stubs import registry_pb2
+
+        owners = {"shop-db": "team-a", "public-db": None}
+        if ref not in owners:
+            from services.common.errors import NotFound
+
+            raise NotFound(ref)
+        version = registry_pb2.ArtifactVersion(name=ref, version=1)
+        if owners[ref]:
+            version.labels["tuneplex.owner"] = owners[ref]
+        return version
+
+
+def judge(model):
+    return {
+        "type": "score_model",
+        "name": "judge",
+        "model": model,
+        "input": [{"role": "user", "content": "Rate {{sample.output_text}}"}],
+        "range": [0, 1],
+    }
+
+
+def sql(database):
+    return {
+        "type": "sql_execution",
+        "name": "sql",
+        "database": database,
+        "reference": "{{item.sql}}",
+    }
+
+
+@pytest.mark.parametrize(
+    ("owner", "criterion", "refused"),
+    [
+        ("team-a", judge("ft:base:team-a:x:o1"), None),
+        ("team-b", judge("ft:base:team-a:x:o1"), "model_not_found"),  # not hers to ask
+        ("team-b", sql("shop-db"), "database_not_found"),
+        ("team-b", sql("public-db"), None),  # no owner label: everyone's
+    ],
+)
+async def test_judges_and_databases_must_be_the_callers_to_use(owner, criterion, refused):
+    from services.gateway.evals.definitions import EvalStore
+
+    store = EvalStore(_Datasets(), _OneOwnerResolver())  # type: ignore[arg-type]
+    specs = criteria.grader_specs([criterion])
+    if refused is None:
+        await store.check_resources(owner, specs)
+        return
+    with pytest.raises(InvalidArgument) as error:
+        await store.check_resources(owner, specs)
+    assert error.value.code == refused

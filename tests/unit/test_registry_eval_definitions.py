@@ -75,6 +75,8 @@ def test_an_eval_definition_is_read_into_its_info(tmp_path):
         (definition(testing_criteria=["x"]), "JSON object"),
         (definition(name=3), "'name' must be"),
         ({"name": "x"}, "'data_source_config' must be"),
+        (definition(data_source_config={"type": "custom"}), "item_schema"),
+        (definition(metadata={"a": 1}), "'metadata' values must be strings"),
     ],
 )
 def test_a_malformed_definition_is_refused_with_its_reason(tmp_path, value, words):

@@ -109,6 +109,19 @@ def grader_specs(criteria: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not isinstance(criterion, dict):
             raise InvalidArgument(f"{param}: a testing criterion is a grader object", param=param)
         kind = criterion.get("type")
+        if not isinstance(kind, str):
+            raise InvalidArgument(
+                f"{param}.type: a testing criterion needs a type (a string)",
+                param=f"{param}.type",
+                code="invalid_grader",
+            )
+        name = criterion.get("name")
+        if name is not None and not (isinstance(name, str) and len(name) <= 256):
+            raise InvalidArgument(
+                f"{param}.name must be a string of at most 256 characters",
+                param=f"{param}.name",
+                code="invalid_grader",
+            )
         if kind in NOT_RUN:
             raise InvalidArgument(
                 f"{param}.type: {NOT_RUN[kind]}", param=f"{param}.type", code="grader_not_supported"

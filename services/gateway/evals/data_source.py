@@ -17,6 +17,7 @@ import jsonschema
 
 from services.common.errors import InvalidArgument
 from services.common.eval_items import EVAL_ROLES, check_eval_item
+from services.evaluation.sampling import MAX_SEED, MAX_TEMPERATURE, MAX_TOKENS
 from services.evaluation.templates import MissingField, missing_field, placeholders, render
 from services.gateway.evals.criteria import content_text
 
@@ -25,6 +26,13 @@ MAX_ROWS = 10_000
 # OpenAI's sampling fields this gateway cannot honour: refused rather than silently ignored.
 UNSUPPORTED_SAMPLING = ("response_format", "tools", "reasoning_effort", "text")
 SAMPLING_FIELDS = ("temperature", "max_completion_tokens", "top_p", "seed")
+# (low, high, integral) of each: the eval job's bounds (evaluation/sampling.py).
+SAMPLING_RANGES = {
+    "temperature": (0.0, MAX_TEMPERATURE, False),
+    "max_completion_tokens": (1, MAX_TOKENS, True),
+    "top_p": (0.0, 1.0, False),
+    "seed": (0, MAX_SEED - 1, True),
+}
 
 
 def refuse(message: str, param: str, code: str = "invalid_data_source") -> InvalidArgument:
@@ -131,6 +139,17 @@ def _sampling(params: Any) -> dict[str, Any]:
             f"{P}.sampling_params.{unknown[0]}"[:100],
         )
     out = {k: params[k] for k in SAMPLING_FIELDS if params.get(k) is not None}
+    for name, value in out.items():
+        low, high, integral = SAMPLING_RANGES[name]
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if not numeric or (integral and not isinstance(value, int)) or not low <= value <= high:
+            kind = "an integer" if integral else "a number"
+            raise refuse(
+                f"{P}.sampling_params.{name} must be {kind} from {low:g} to {high:g}",
+                f"{P}.sampling_params.{name}",
+            )
+    if out.get("top_p") == 0:
+        raise refuse(f"{P}.sampling_params.top_p must be above 0", f"{P}.sampling_params.top_p")
     if "max_completion_tokens" in out:
         out["max_tokens"] = out.pop("max_completion_tokens")
     return out

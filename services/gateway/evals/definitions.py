@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.common.errors import InvalidArgument, NotFound, shown
-from services.common.eval_definition import DEFINITION_FILE
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, shown
+from services.common.eval_definition import DEFINITION_FILE, check_definition
+from services.evaluation.graders import judge_models, referenced_databases
 from services.gateway.evals import criteria, data_source, names
 from services.gateway.evals.protocol import (
     EvalCreateRequest,
@@ -31,9 +32,11 @@ from services.gateway.fine_tuning.jobs import check_metadata
 from services.gateway.fine_tuning.names import OWNER_LABEL
 from services.gateway.fine_tuning.paging import after_cursor
 from services.gateway.fine_tuning.upstream import registry_outage
+from services.gateway.resolver import NeedsMerge, visible_to
 
 if TYPE_CHECKING:
     from services.client.registry import AsyncRegistryClient
+    from services.gateway.resolver import ModelResolver
 
 KIND = "eval_definition"
 CONFIG = "data_source_config"
@@ -64,7 +67,9 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
         raise InvalidArgument(f"{CONFIG}.type must be custom", param=f"{CONFIG}.type")
     unknown = sorted(set(config) - {"type", "item_schema", "include_sample_schema"})
     if unknown:
-        raise InvalidArgument(f"unknown field {CONFIG}.{unknown[0]}", param=f"{CONFIG}"[:100])
+        raise InvalidArgument(
+            f"unknown field {CONFIG}.{unknown[0]}"[:300], param=f"{CONFIG}.{unknown[0]}"[:100]
+        )
     if "item_schema" not in config:
         raise InvalidArgument(
             f"{CONFIG}.item_schema is required: the JSON schema of each row's item",
@@ -121,12 +126,14 @@ class Definition:
 
 
 class EvalStore:
-    def __init__(self, registry: AsyncRegistryClient):
+    def __init__(self, registry: AsyncRegistryClient, resolver: ModelResolver):
         self._registry = registry
+        self._resolver = resolver
 
     async def create(self, owner: str, request: EvalCreateRequest) -> EvalObject:
         config = check_config(request.data_source_config)
-        criteria.grader_specs(request.testing_criteria)  # refused now, not at the first run
+        # Refused now, not at the first run.
+        await self.check_resources(owner, criteria.grader_specs(request.testing_criteria))
         value = {
             "name": request.name or "",
             CONFIG: config,
@@ -137,6 +144,34 @@ class EvalStore:
         eval_id = names.new_eval_id()
         await self._push(eval_id, owner, value)
         return Definition(eval_id, owner, value).openai()
+
+    async def check_resources(self, owner: str, graders: list[dict[str, Any]]) -> None:
+        """The judges and databases the criteria name must be ones `owner` may use: the eval
+        workers reach them with the operator's key, which may use every owner's."""
+        for model in judge_models(graders):
+            try:
+                await self._resolver.resolve(model, owner=owner)
+            except NeedsMerge:
+                continue  # served through its merged model
+            except NotFound:
+                raise InvalidArgument(
+                    f"{criteria.PARAM}: the judge model {shown(model)} does not exist or is not "
+                    "served here",
+                    param=criteria.PARAM,
+                    code="model_not_found",
+                ) from None
+        for ref in referenced_databases(graders):
+            try:
+                with registry_outage("resolve"):
+                    version = await self._registry.resolve("dataset", ref)
+            except (NotFound, InvalidArgument):
+                version = None
+            if version is None or not visible_to(version.labels, owner):
+                raise InvalidArgument(
+                    f"{criteria.PARAM}: no database {shown(ref)} in the registry",
+                    param=criteria.PARAM,
+                    code="database_not_found",
+                )
 
     async def definition(self, owner: str, eval_id: str) -> Definition:
         """`eval_id`'s latest definition when `owner` owns it; 404 otherwise (another owner's
@@ -154,7 +189,15 @@ class EvalStore:
             raw = await self._registry.read_file(
                 KIND, f"{eval_id}@{version.version}", DEFINITION_FILE
             )
-        return Definition(eval_id, owner, json.loads(raw))
+        value = json.loads(raw)
+        broken = check_definition(value)
+        if broken is not None:  # not one this gateway wrote
+            raise FailedPrecondition(
+                f"eval {eval_id} is not in the shape of an eval definition ({broken})",
+                param="eval_id",
+                code="eval_definition_invalid",
+            )
+        return Definition(eval_id, owner, value)
 
     async def retrieve(self, owner: str, eval_id: str) -> EvalObject:
         return (await self.definition(owner, eval_id)).openai()

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.client.trainer import eval_spec
-from services.common.errors import InvalidArgument, NotFound, TuneplexError, shown
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    TuneplexError,
+    Unavailable,
+    shown,
+)
 from services.common.eval_summary import RESULTS_FILE
 from services.common.labels import MAX_VALUE_CHARS
 from services.common.stubs import registry_pb2, trainer_pb2
@@ -42,6 +49,7 @@ from services.gateway.fine_tuning.files import STORED_NAME, FileStore
 from services.gateway.fine_tuning.jobs import check_metadata, metadata_label
 from services.gateway.fine_tuning.paging import after_cursor
 from services.gateway.fine_tuning.upstream import TrainerAccess, registry_outage
+from services.gateway.resolver import NeedsMerge, visible_to
 
 if TYPE_CHECKING:
     from services.client.registry import AsyncRegistryClient
@@ -50,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ITEMS_FILE = "items.jsonl"
+RECORD_MISSING = "the run's record is no longer in the registry (it was deleted)"
 RUN_PURPOSE = "eval-run"
 STATUS = {
     trainer_pb2.JOB_STATE_QUEUED: "queued",
@@ -109,47 +118,86 @@ class EvalRuns:
         self._trainer.client  # noqa: B018 - refuse at once when the gateway has no trainer
         definition = await self._evals.definition(owner, eval_id)
         graders = definition.graders()
+        await self._evals.check_resources(owner, graders)
         metadata = check_metadata(request.metadata)
+        run_name = check_run_name(request.name)
         source = data_source.parse(request.data_source)
         model_ref = await self._model_ref(source.model, owner)
         rows = await self._rows(owner, source)
-        lines = data_source.render_rows(rows, source, definition.item_schema, templates_of(graders))
+        # Off the event loop: a schema's patterns and 10,000 rows must not stall other requests.
+        lines = await asyncio.to_thread(
+            data_source.render_rows, rows, source, definition.item_schema, templates_of(graders)
+        )
         run_data = names.new_run_data()
+        # Built before anything is stored: what the spec refuses leaves nothing behind.
+        spec = eval_spec(
+            model_ref, "", graders, output_name=names.record_name(run_data), **source.sampling
+        )
         labels = {
             ft_names.OWNER_LABEL: owner,
             names.EVAL_ID_LABEL: eval_id,
             names.RUN_DATA_LABEL: run_data,
         }
-        eval_set = await self._push_items(names.eval_set_name(run_data), lines, labels)
-        spec = eval_spec(
-            model_ref, eval_set, graders, output_name=names.record_name(run_data), **source.sampling
-        )
+        items = names.eval_set_name(run_data)
+        spec.eval_set = await self._push_items(items, lines, labels)
         labels |= {
-            names.RUN_NAME_LABEL: request.name or source.model,
+            names.RUN_NAME_LABEL: run_name or source.model,
             names.RUN_MODEL_LABEL: source.model,
             names.DATA_SOURCE_LABEL: _data_source_label(request.data_source),
             ft_names.METADATA_LABEL: metadata_label(metadata),
         }
         try:
             job = await self._trainer.call(
-                "create_job", spec, labels={k: v for k, v in labels.items() if v}
+                "create_job",
+                spec,
+                # A retried call (the first one's answer lost) finds its job, not a second one.
+                idempotency_key=f"evalrun-{run_data}",
+                labels={k: v for k, v in labels.items() if v},
+            )
+        except BaseException as exc:
+            made = await self._made_anyway(run_data) if isinstance(exc, Unavailable) else None
+            if made is None:
+                await self._drop_items(items)  # nothing half-made stays
+                raise
+            job = made
+        return await self._run_object(job, definition)
+
+    async def _made_anyway(self, run_data: str) -> trainer_pb2.Job | None:
+        """The job of a CreateJob whose answer was lost (a timeout), if the trainer made it."""
+        try:
+            found = await self._trainer.call(
+                "list_jobs", trainer_pb2.JOB_STATE_UNSPECIFIED, 10,
+                {names.RUN_DATA_LABEL: run_data},
             )
         except TuneplexError:
-            await self._drop_items(names.eval_set_name(run_data))  # nothing half-made stays
-            raise
-        return await self._run_object(job, definition)
+            return None
+        return found[0] if found else None
 
     async def _model_ref(self, model: str, owner: str) -> str:
         """The registry ref the eval job pins: the adapter (a fine-tuned model, a checkpoint,
         any adapter the caller may use) or the base model."""
+        unknown = InvalidArgument(
+            f"The model {shown(model)} does not exist or is not served here",
+            param="data_source.model",
+            code="model_not_found",
+        )
         try:
             resolved = await self._resolver.resolve(model, owner=owner)
+        except NeedsMerge as needs:
+            return needs.ref  # served through its merged model (on_demand.py), or refused then
         except NotFound:
-            raise InvalidArgument(
-                f"The model {shown(model)} does not exist or is not served here",
-                param="data_source.model",
-                code="model_not_found",
-            ) from None
+            # A registry model no base covers is served on demand (on_demand.py).
+            try:
+                with registry_outage("resolve"):
+                    version = await self._registry.resolve("model", model)
+            except (NotFound, InvalidArgument):
+                raise unknown from None
+            if not visible_to(version.labels, owner):
+                raise unknown from None
+            return f"{version.name}@{version.version}"
+        except FailedPrecondition as exc:  # e.g. an adapter for a base this gateway lacks
+            param = "data_source.model"
+            raise FailedPrecondition(exc.message, param=param, code=exc.code) from None
         if resolved.adapter is not None:
             return resolved.adapter.ref
         base = resolved.base
@@ -297,13 +345,14 @@ class EvalRuns:
         job = await self.job(owner, eval_id, run_id)
         index = names.output_item_index(output_item_id, job.id)
         items = await self._output_items(job, definition) if index is not None else []
-        if index is None or index >= len(items):
+        by_index = {item.datasource_item_id: item for item in items}
+        if index not in by_index:
             raise NotFound(
                 f"No such output item: {shown(output_item_id)}",
                 param="output_item_id",
                 code="output_item_not_found",
             )
-        return items[index]
+        return by_index[index]
 
     # -- building the objects ------------------------------------------------------------
 
@@ -344,7 +393,12 @@ class EvalRuns:
         if status == "failed":
             run.error = RunError(code=job.error.code or "failed", message=job.error.message)
         if status == "completed" and job.output:
-            results, _ = await self._record(job)
+            try:
+                results, _ = await self._record(job)
+            except NotFound:  # its record or items were deleted from the registry since
+                run.status = "failed"
+                run.error = RunError(code="record_missing", message=RECORD_MISSING)
+                return run
             graders = [names.criterion_name(i) for i in range(len(definition.criterion_names()))]
             run.evaluation = job.output
             run.result_counts = _counts(results, graders)
@@ -361,7 +415,10 @@ class EvalRuns:
     async def _output_items(self, job: trainer_pb2.Job, definition: Definition) -> Items:
         if STATUS.get(job.state) != "completed" or not job.output:
             return []
-        results, lines = await self._record(job)
+        try:
+            results, lines = await self._record(job)
+        except NotFound:
+            return []
         criteria = definition.value["testing_criteria"]
         shown_names = definition.criterion_names()
         sampling = job.spec.evaluation.sampling
@@ -442,9 +499,19 @@ def _json(value: str | None) -> Any:
 def _data_source_label(value: dict[str, Any]) -> str:
     """The data source as the run shows it; inline rows that would not fit a label are left
     out of it (they are in the run's eval set)."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    # ASCII: a label value must be printable, and a prompt may hold any character.
+    text = json.dumps(value, separators=(",", ":"))
     if len(text) <= MAX_VALUE_CHARS:
         return text
     source = dict(value.get("source") or {})
     source["content"] = []
-    return json.dumps({**value, "source": source}, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps({**value, "source": source}, separators=(",", ":"))
+    if len(text) <= MAX_VALUE_CHARS:
+        return text
+    return json.dumps({k: value.get(k) for k in ("type", "model")}, separators=(",", ":"))
+
+
+def check_run_name(name: str | None) -> str | None:
+    if name is not None and not name.isprintable():
+        raise InvalidArgument("name holds a non-printable character", param="name")
+    return name
