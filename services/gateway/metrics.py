@@ -74,7 +74,8 @@ ON_DEMAND_STARTS = Counter(
 )
 ON_DEMAND_STOPS = Counter(
     "gateway_on_demand_engine_stops_total",
-    "On-demand engines stopped: idle past on_demand_idle_s, or evicted to make room.",
+    "On-demand engines stopped: idle past on_demand_idle_s, evicted to make room, or "
+    "never_ready (not up after engine_start_timeout_s + on_demand_idle_s).",
     ["reason"],
 )
 MERGES = Counter(

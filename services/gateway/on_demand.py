@@ -80,6 +80,8 @@ class OnDemandModels:
         self._trainer = trainer
         self._pinned = pinned  # cache keys the served bases hold
         self._running: dict[str, Engine] = {}  # `name@version` -> its engine
+        self._started_at: dict[str, float] = {}  # `name@version` -> when its engine was added
+        self._merges: dict[str, registry_pb2.ArtifactVersion] = {}  # adapter ref -> its merge
         self._locks = KeyedLocks()
         self._room = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
@@ -105,9 +107,10 @@ class OnDemandModels:
     async def merged(self, needs: NeedsMerge, deadline: float) -> ServedBase:
         """The merged model of the adapter version `needs` names, made by the trainer when the
         registry has none yet."""
-        found = await self._find_merged(needs.ref)
+        found = self._merges.get(needs.ref) or await self._find_merged(needs.ref)
         if found is None:
             found = await self._merge(needs, deadline)
+        self._merges[needs.ref] = found  # an adapter version's merge never changes
         return await self._local(found)
 
     async def _find_merged(self, ref: str) -> registry_pb2.ArtifactVersion | None:
@@ -153,7 +156,12 @@ class OnDemandModels:
         return await self._registry.resolve("model", job.output)
 
     async def _local(self, version: registry_pb2.ArtifactVersion) -> ServedBase:
+        """The model's verified local folder. Verified (every byte hashed) when its engine
+        starts, not on every request it serves."""
         ref = f"{version.name}@{version.version}"
+        running = self._running.get(ref)
+        if running is not None and running.base is not None:
+            return running.base
         entry = await self._cache.local_copy(
             self._registry, "model", ref, version.manifest.sha256,
             lambda: {*self._pinned(), *self.keys()},
@@ -190,6 +198,7 @@ class OnDemandModels:
                 await self._stop(min(idle, key=lambda e: e.last_used), "evicted")
             engine = self._manager.add(base, f"on-demand-{base.name}-v{base.version}")
             self._running[base.ref] = engine
+            self._started_at[base.ref] = time.monotonic()
         metrics.ON_DEMAND_STARTS.labels(reason=reason).inc()
         metrics.ON_DEMAND_ENGINES.set(len(self._running))
         log.info("starting an engine on demand for %s (%s)", base.ref, reason)
@@ -198,6 +207,7 @@ class OnDemandModels:
     async def _stop(self, engine: Engine, reason: str) -> None:
         assert engine.base is not None
         self._running.pop(engine.base.ref, None)
+        self._started_at.pop(engine.base.ref, None)
         await self._manager.remove(engine)
         metrics.ON_DEMAND_STOPS.labels(reason=reason).inc()
         metrics.ON_DEMAND_ENGINES.set(len(self._running))
@@ -216,13 +226,20 @@ class OnDemandModels:
 
     async def reap_idle(self) -> None:
         """Stop every engine that has served nothing for `on_demand_idle_s` (one still
-        starting is left to start)."""
+        starting is left to start), and one that has not come up for longer than a start may
+        take plus that: it would hold its place for ever."""
         now = time.monotonic()
+        never_up_after = self._settings.engine_start_timeout_s + self._settings.on_demand_idle_s
         async with self._room:
-            for engine in list(self._running.values()):
-                idle_for = now - engine.last_used
-                if (engine.load == 0 and engine.state != EngineState.STARTING
-                        and idle_for >= self._settings.on_demand_idle_s):
+            for ref, engine in list(self._running.items()):
+                if engine.load:
+                    continue
+                if engine.state != EngineState.READY and (
+                    now - self._started_at.get(ref, now) >= never_up_after
+                ):
+                    await self._stop(engine, "never_ready")
+                elif (engine.state != EngineState.STARTING
+                      and now - engine.last_used >= self._settings.on_demand_idle_s):
                     await self._stop(engine, "idle")
 
     async def _reap(self) -> None:

@@ -239,3 +239,30 @@ def test_the_merged_models_name_fits_the_registrys_rule():
     assert merged_name(adapter_version("sql", version=3)) == "sql-v3-merged"
     name = merged_name(long)
     assert name.startswith("merged-") and len(name) <= 63
+
+
+async def test_a_running_model_is_not_hashed_again_per_request_and_a_dead_start_gives_way(
+    tmp_path,
+):
+    on_demand, registry, manager, _ = make(
+        tmp_path, on_demand_idle_s=60, engine_start_timeout_s=100
+    )
+    registry.targets["m"] = model_version("m")
+    copies = []
+    real_local_copy = on_demand._cache.local_copy
+
+    async def counted(*args, **kwargs):
+        copies.append(args[2])
+        return await real_local_copy(*args, **kwargs)
+
+    on_demand._cache.local_copy = counted
+    base = await on_demand.model("m", owner=None)
+    asyncio.ensure_future(ready_soon(manager))
+    await on_demand.engines(base, on_demand.deadline(), "registry model")
+    await on_demand.model("m", owner=None)
+    assert copies == ["m@1"]  # the second request reuses the running engine's folder
+    # An engine that never comes up is stopped once a start plus the idle time has passed.
+    manager.added[0].state = EngineState.DOWN
+    on_demand._started_at["m@1"] -= 161
+    await on_demand.reap_idle()
+    assert manager.removed == manager.added
