@@ -30,7 +30,7 @@ from services.gateway.evals.protocol import (
 )
 from services.gateway.fine_tuning.jobs import check_metadata
 from services.gateway.fine_tuning.names import OWNER_LABEL
-from services.gateway.fine_tuning.paging import after_cursor
+from services.gateway.fine_tuning.paging import after_cursor, page_fields
 from services.gateway.fine_tuning.upstream import registry_outage
 from services.gateway.resolver import NeedsMerge, visible_to
 
@@ -233,12 +233,7 @@ class EvalStore:
         rest = after_cursor(artifacts, after, lambda a: a.name)
         page = rest[:limit]
         data = [await self.retrieve(owner, a.name) for a in page]
-        return EvalList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=len(rest) > len(page),
-        )
+        return EvalList(data=data, **page_fields(data, len(rest) > len(page)))
 
     async def _push(self, eval_id: str, owner: str, value: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="tuneplex-eval-") as tmp:

@@ -47,7 +47,7 @@ from services.gateway.evals.protocol import (
 from services.gateway.fine_tuning import names as ft_names
 from services.gateway.fine_tuning.files import STORED_NAME, FileStore
 from services.gateway.fine_tuning.jobs import check_metadata, metadata_label
-from services.gateway.fine_tuning.paging import after_cursor
+from services.gateway.fine_tuning.paging import after_cursor, page_fields
 from services.gateway.fine_tuning.upstream import TrainerAccess, registry_outage
 from services.gateway.resolver import NeedsMerge, visible_to
 
@@ -304,12 +304,7 @@ class EvalRuns:
         )
         rest = after_cursor(jobs, after, lambda j: names.run_id(j.id))
         page = [await self._run_object(j, definition) for j in rest[:limit]]
-        return RunList(
-            data=page,
-            first_id=page[0].id if page else None,
-            last_id=page[-1].id if page else None,
-            has_more=len(rest) > len(page),
-        )
+        return RunList(data=page, **page_fields(page, len(rest) > len(page)))
 
     async def output_items(
         self,
@@ -331,12 +326,7 @@ class EvalRuns:
             items.reverse()
         rest = after_cursor(items, after, lambda i: i.id)
         page = rest[:limit]
-        return OutputItemList(
-            data=page,
-            first_id=page[0].id if page else None,
-            last_id=page[-1].id if page else None,
-            has_more=len(rest) > len(page),
-        )
+        return OutputItemList(data=page, **page_fields(page, len(rest) > len(page)))
 
     async def output_item(
         self, owner: str, eval_id: str, run_id: str, output_item_id: str

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from services.common.errors import InvalidArgument, NotFound, TuneplexError, shown
 from services.common.stubs import registry_pb2
 from services.gateway.fine_tuning import names
-from services.gateway.fine_tuning.paging import after_cursor
+from services.gateway.fine_tuning.paging import after_cursor, page_fields
 from services.gateway.fine_tuning.protocol import FileDeleted, FileList, FileObject
 from services.gateway.fine_tuning.upstream import registry_outage
 
@@ -149,12 +149,7 @@ class FileStore:
         files.sort(key=lambda f: (f.created_at, f.id), reverse=order == "desc")
         files = after_cursor(files, after, lambda f: f.id)
         page = files[:limit]
-        return FileList(
-            data=page,
-            first_id=page[0].id if page else None,
-            last_id=page[-1].id if page else None,
-            has_more=len(files) > len(page),
-        )
+        return FileList(data=page, **page_fields(page, len(files) > len(page)))
 
     async def _drop(self, file_id: str) -> None:
         with registry_outage("delete"):

@@ -27,7 +27,7 @@ from services.common.training_spec_proto import config_from_values, spec_from_va
 from services.gateway.fine_tuning import events as job_events
 from services.gateway.fine_tuning import hyperparameters, names
 from services.gateway.fine_tuning.files import FileStore
-from services.gateway.fine_tuning.paging import after_cursor
+from services.gateway.fine_tuning.paging import after_cursor, page_fields
 from services.gateway.fine_tuning.protocol import (
     MAX_METADATA_KEY,
     MAX_METADATA_PAIRS,
@@ -452,12 +452,7 @@ class FineTuningJobs:
         ]
         items = after_cursor(items, after, lambda c: c.id)
         chosen = items[:limit]
-        return JobCheckpointList(
-            data=chosen,
-            first_id=chosen[0].id if chosen else None,
-            last_id=chosen[-1].id if chosen else None,
-            has_more=len(items) > limit,
-        )
+        return JobCheckpointList(data=chosen, **page_fields(chosen, len(items) > limit))
 
 
 def _checkpoint_metrics(checkpoint: trainer_pb2.Checkpoint) -> dict[str, float]:
