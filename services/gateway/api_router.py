@@ -120,11 +120,12 @@ async def health(raw_request: Request) -> JSONResponse:
     it can serve as soon as it runs."""
     engines = raw_request.app.state.engines.engines
     states = {e.id: e.state.value for e in engines}
-    on_demand_only = (raw_request.app.state.serving.serves_on_demand
-                      and not any(not e.on_demand for e in engines))
-    if on_demand_only or any(e.state == EngineState.READY for e in engines):
+    # Health is the configured bases' (an on-demand engine comes and goes with its model).
+    own = [e for e in engines if not e.on_demand]
+    on_demand_only = raw_request.app.state.serving.serves_on_demand and not own
+    if on_demand_only or any(e.state == EngineState.READY for e in own):
         return JSONResponse({"status": "ok", "engines": states})
-    starting = any(e.state == EngineState.STARTING for e in engines)
+    starting = any(e.state == EngineState.STARTING for e in own)
     return JSONResponse({"status": "starting" if starting else "down", "engines": states},
                         status_code=503, headers=retry_headers(Unavailable("no engine")))
 

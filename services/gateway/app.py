@@ -155,8 +155,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             engines = EngineManager(settings, listener=residency)
             engines.serve(bases)
             if settings.on_demand_engines and engines.manages_processes:
+                # What engines read (bases, resident adapters) stays while a model downloads.
                 on_demand = OnDemandModels(settings, registry, cache, engines, trainer,
-                                           resolver.base_keys)
+                                           residency.cache_keys, bases=resolver.bases)
             app.state.engines = engines
             app.state.serving = OpenAIServing(resolver, residency, engines,
                                               default_max_tokens=settings.default_max_tokens,

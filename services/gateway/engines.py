@@ -294,6 +294,7 @@ class EngineManager:
 
     async def remove(self, engine: Engine) -> None:
         """Stop an engine `add` started, and forget it."""
+        engine.state = EngineState.STOPPED  # no request is sent to it from now on
         task = self._supervisors.pop(engine.id, None)
         if task is not None:
             task.cancel()
@@ -319,7 +320,10 @@ class EngineManager:
             self._sockets.remove()
 
     def for_base(self, name: str) -> list[Engine]:
-        return [e for e in self.engines if e.base is not None and e.base.name == name]
+        """The engines of a configured base. Not the on-demand ones: one may serve another
+        version under the same name (on_demand.py hands its engine out itself)."""
+        return [e for e in self.engines
+                if e.base is not None and e.base.name == name and not e.on_demand]
 
     def report_failure(self, engine: Engine) -> None:
         """A proxied request could not reach the engine: stop routing to it and have its

@@ -22,7 +22,8 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
 
 from services.common.errors import FailedPrecondition, NotFound, Unavailable
 from services.common.refs import NAME_RE
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 15
 _POLL_S = 1.0
+_MERGE_ATTEMPTS = 3
+# An engine serves at least this long idle before another model may take its place.
+EVICT_AFTER_IDLE_S = 30.0
 PRECISIONS = {
     "float32": trainer_pb2.PRECISION_FP32,
     "bfloat16": trainer_pb2.PRECISION_BF16,
@@ -72,18 +76,22 @@ def _not_ready(what: str) -> Unavailable:
 class OnDemandModels:
     def __init__(self, settings: GatewaySettings, registry: RegistryReader,
                  cache: VerifiedDiskCache, engines: EngineManager, trainer: TrainerAccess,
-                 pinned: Callable[[], Collection[str]]):
+                 pinned: Callable[[], Collection[str]],
+                 bases: Mapping[str, ServedBase] | None = None):
         self._settings = settings
         self._registry = registry
         self._cache = cache
         self._manager = engines
         self._trainer = trainer
-        self._pinned = pinned  # cache keys the served bases hold
+        self._pinned = pinned  # cache keys engines read (bases, resident adapters)
+        self._bases = bases if bases is not None else {}  # the configured bases, by name
+        self._waiters: Counter[str] = Counter()  # requests waiting for each model's engine
         self._running: dict[str, Engine] = {}  # `name@version` -> its engine
         self._started_at: dict[str, float] = {}  # `name@version` -> when its engine was added
         self._merges: dict[str, registry_pb2.ArtifactVersion] = {}  # adapter ref -> its merge
         self._locks = KeyedLocks()
         self._room = asyncio.Lock()
+        self._min_idle_s = min(EVICT_AFTER_IDLE_S, settings.on_demand_idle_s)
         self._reaper: asyncio.Task | None = None
 
     def deadline(self) -> float:
@@ -100,9 +108,31 @@ class OnDemandModels:
         """The registry model `ref` names, as a local folder; NotFound when there is none the
         caller may see (a merged model keeps its adapter's owner)."""
         version = await self._registry.resolve("model", ref)
-        if not visible_to(version.labels, owner):
+        if not visible_to(version.labels, owner) or not await self._merged_from_visible(
+            version, owner
+        ):
             raise NotFound(f"no model {ref}", param="model", code="model_not_found")
+        configured = self._bases.get(version.name)
+        if configured is not None and configured.version == version.version:
+            return configured  # `name@alias` of a served base: its own engines serve it
         return await self._local(version)
+
+    async def _merged_from_visible(
+        self, version: registry_pb2.ArtifactVersion, owner: str | None
+    ) -> bool:
+        """A merge is its adapter's: whoever may not use the adapter may not use the merge
+        (also one exported without the owner label)."""
+        source = version.model.merged_from_adapter if version.WhichOneof("info") == "model" else ""
+        if not source:
+            return True
+        try:
+            adapter = await self._registry.resolve("adapter", source)
+        except NotFound:
+            return True  # the adapter is gone; the merge's own label decided
+        return visible_to(adapter.labels, owner)
+
+    def is_configured(self, base: ServedBase) -> bool:
+        return self._bases.get(base.name) is base
 
     async def merged(self, needs: NeedsMerge, deadline: float) -> ServedBase:
         """The merged model of the adapter version `needs` names, made by the trainer when the
@@ -110,8 +140,12 @@ class OnDemandModels:
         found = self._merges.get(needs.ref) or await self._find_merged(needs.ref)
         if found is None:
             found = await self._merge(needs, deadline)
-        self._merges[needs.ref] = found  # an adapter version's merge never changes
-        return await self._local(found)
+        self._merges[needs.ref] = found  # an adapter version's merge never changes...
+        try:
+            return await self._local(found)
+        except NotFound:  # ... unless it is deleted: the next request merges again
+            self._merges.pop(needs.ref, None)
+            raise _not_ready(f"the merged model of {needs.ref} is gone; merging it again") from None
 
     async def _find_merged(self, ref: str) -> registry_pb2.ArtifactVersion | None:
         for artifact in await self._registry.list("model"):
@@ -131,12 +165,28 @@ class OnDemandModels:
                 param="model", code="adapter_not_servable",
             ) from None
         owner = adapter.labels.get(OWNER_LABEL)
+        precision = PRECISIONS.get(self._settings.dtype, trainer_pb2.PRECISION_UNSPECIFIED)
+        for attempt in range(_MERGE_ATTEMPTS):
+            job = await self._export(needs, precision, owner, attempt, deadline)
+            try:
+                return await self._registry.resolve("model", job.output)
+            except NotFound:  # that merge was published, then deleted: make it again
+                log.info("the merge %s of %s is gone; merging again", job.output, needs.ref)
+        raise FailedPrecondition(
+            f"adapter {needs.ref} cannot be served: its merged model was deleted "
+            f"{_MERGE_ATTEMPTS} times", param="model", code="merge_failed")
+
+    async def _export(self, needs: NeedsMerge, precision: int, owner: str | None,
+                      attempt: int, deadline: float) -> trainer_pb2.Job:
+        """The trainer's export job of this adapter version in `precision`, once it has
+        succeeded; one per (version, precision, attempt) whichever request or gateway replica
+        asks first (its idempotency key)."""
         metrics.MERGES.labels(outcome="asked").inc()
+        key = f"tuneplex-merge-{needs.ref}-{trainer_pb2.Precision.Name(precision).lower()}"
         job = await self._trainer.call(
-            "create_export", needs.ref, merged_name(adapter),
-            precision=PRECISIONS.get(self._settings.dtype, trainer_pb2.PRECISION_UNSPECIFIED),
-            # One merge per adapter version, whichever request (or gateway replica) asks first.
-            idempotency_key=f"tuneplex-merge-{needs.ref}",
+            "create_export", needs.ref, merged_name(needs.version),
+            precision=precision,
+            idempotency_key=key if attempt == 0 else f"{key}-{attempt}",
             labels={OWNER_LABEL: owner} if owner else None,
         )
         while job.state not in FINAL:
@@ -153,7 +203,7 @@ class OnDemandModels:
             )
         metrics.MERGES.labels(outcome="succeeded").inc()
         log.info("merged %s into %s for serving", needs.ref, job.output)
-        return await self._registry.resolve("model", job.output)
+        return job
 
     async def _local(self, version: registry_pb2.ArtifactVersion) -> ServedBase:
         """The model's verified local folder. Verified (every byte hashed) when its engine
@@ -173,24 +223,35 @@ class OnDemandModels:
     async def engines(self, base: ServedBase, deadline: float, reason: str) -> list[Engine]:
         """The ready engine serving `base`, started when there is none; Unavailable (503 with
         retry-after) when it is not ready by `deadline`."""
-        async with self._locks.hold(base.ref):
-            engine = self._running.get(base.ref)
-            if engine is None:
-                engine = await self._start(base, reason)
-        while engine.state != EngineState.READY:
-            if engine.state == EngineState.STOPPED:
-                raise _not_ready(f"the engine for {base.name} was stopped to make room")
-            if time.monotonic() >= deadline:
-                raise _not_ready(f"the engine for {base.name} is starting")
-            await asyncio.sleep(0.25)
-        engine.last_used = time.monotonic()  # its start took long: that was not idleness
-        return [engine]
+        self._waiters[base.ref] += 1  # counted before anything: no one evicts what it waits for
+        try:
+            async with self._locks.hold(base.ref):
+                engine = self._running.get(base.ref)
+                if engine is None:
+                    engine = await self._start(base, reason)
+            while engine.state != EngineState.READY:
+                if engine.state == EngineState.STOPPED:
+                    raise _not_ready(f"the engine for {base.name} was stopped")
+                if time.monotonic() >= deadline:
+                    raise _not_ready(f"the engine for {base.name} is starting")
+                await asyncio.sleep(0.25)
+            engine.last_used = time.monotonic()  # its start took long: that was not idleness
+            return [engine]
+        finally:
+            self._waiters[base.ref] -= 1
+            if not self._waiters[base.ref]:
+                del self._waiters[base.ref]
 
     async def _start(self, base: ServedBase, reason: str) -> Engine:
         async with self._room:
             while len(self._running) >= self._settings.on_demand_engines:
-                idle = [e for e in self._running.values()
-                        if e.load == 0 and e.state != EngineState.STARTING]
+                # Only one that has served nothing for a while: two models asked in turn must
+                # not stop each other's engine at every request.
+                now = time.monotonic()
+                idle = [e for ref, e in self._running.items()
+                        if e.load == 0 and not self._waiters.get(ref)
+                        and e.state != EngineState.STARTING
+                        and now - e.last_used >= self._min_idle_s]
                 if not idle:
                     raise _not_ready(
                         f"every on-demand engine ({self._settings.on_demand_engines}) is busy "
@@ -232,11 +293,12 @@ class OnDemandModels:
         never_up_after = self._settings.engine_start_timeout_s + self._settings.on_demand_idle_s
         async with self._room:
             for ref, engine in list(self._running.items()):
-                if engine.load:
+                if engine.load or self._waiters.get(ref):
                     continue
-                if engine.state != EngineState.READY and (
-                    now - self._started_at.get(ref, now) >= never_up_after
-                ):
+                # From its start, or from when it was last up (one that served for an hour and
+                # then crashed gets a full start's time to come back).
+                down_since = max(self._started_at.get(ref, now), engine.last_used)
+                if engine.state != EngineState.READY and now - down_since >= never_up_after:
                     await self._stop(engine, "never_ready")
                 elif (engine.state != EngineState.STARTING
                       and now - engine.last_used >= self._settings.on_demand_idle_s):

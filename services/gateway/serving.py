@@ -186,11 +186,13 @@ class OpenAIServing:
         except NotFound as unknown:
             if self._on_demand is None:
                 raise
+            deadline = self._on_demand.deadline()
             try:
                 base = await self._on_demand.model(asked, owner)
             except (NotFound, InvalidArgument):
                 raise unknown from None
-            deadline = self._on_demand.deadline()
+            if self._on_demand.is_configured(base):  # an alias of a served base
+                return ResolvedModel(base), self._engines.for_base(base.name), base.name
             engines = await self._on_demand.engines(base, deadline, "registry model")
             return ResolvedModel(base), engines, base.name
         # A fine-tuned model is answered under the name the caller wrote, as OpenAI does.

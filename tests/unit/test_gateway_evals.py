@@ -318,13 +318,13 @@ class _Datasets:
     async def resolve(self, kind, ref):
         from services.common.stubs import registry_pb2
 
-        owners = {"shop-db": "team-a", "public-db": None}
+        owners = {"shop-db": "team-a", "public-db": ""}
         if ref not in owners:
             from services.common.errors import NotFound
 
             raise NotFound(ref)
         version = registry_pb2.ArtifactVersion(name=ref, version=1)
-        if owners[ref]:
+        if owners[ref]:  # "" is no owner label: everyone's
             version.labels["tuneplex.owner"] = owners[ref]
         return version
 

@@ -9,6 +9,7 @@ import asyncio
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -78,8 +79,9 @@ class FakeTrainer:
         if self.polls > 0:
             return trainer_pb2.Job(id=job_id, state=trainer_pb2.JOB_STATE_RUNNING)
         if self.outcome != trainer_pb2.JOB_STATE_SUCCEEDED:
-            return trainer_pb2.Job(id=job_id, state=self.outcome,
-                                   error=trainer_pb2.JobError(message="out of memory"))
+            return trainer_pb2.Job(
+                id=job_id, state=self.outcome, error=trainer_pb2.JobError(message="out of memory")
+            )
         name = self.exports[-1]["name"]
         assert self.registry is not None
         self.registry.targets[f"{name}@1"] = model_version(name, merged_from="dora@1")
@@ -91,9 +93,12 @@ class FakeTrainer:
 
 def model_version(name, version=1, merged_from="", **labels):
     return registry_pb2.ArtifactVersion(
-        name=name, version=version, labels=labels,
+        name=name,
+        version=version,
+        labels=labels,
         manifest=registry_pb2.Manifest(sha256=f"{version:063d}m"),
-        model=registry_pb2.ModelInfo(merged_from_adapter=merged_from))
+        model=registry_pb2.ModelInfo(merged_from_adapter=merged_from),
+    )
 
 
 def make(tmp_path, trainer=None, **settings):
@@ -104,8 +109,9 @@ def make(tmp_path, trainer=None, **settings):
         fake.registry = registry
     access = TrainerAccess((lambda: fake) if fake else None)
     gateway_settings = GatewaySettings(home=tmp_path, **settings)
-    on_demand = OnDemandModels(gateway_settings, registry, FakeCache(), manager, access,  # type: ignore[arg-type]
-                               lambda: set())
+    cache: Any = FakeCache()
+    engines: Any = manager  # stand-ins of the cache and the engine manager (module docstring)
+    on_demand = OnDemandModels(gateway_settings, registry, cache, engines, access, lambda: set())
     return on_demand, registry, manager, fake
 
 
@@ -164,9 +170,14 @@ async def test_at_capacity_an_idle_engine_makes_room_and_a_busy_one_does_not(tmp
     asyncio.ensure_future(ready_soon(manager, 0))
     [first] = await on_demand.engines(one, on_demand.deadline(), "registry model")
     two = await on_demand.model("two", owner=None)
+    # Just used: it keeps its place (two models asked in turn must not stop each other's).
+    with pytest.raises(Unavailable, match="busy"):
+        await on_demand.engines(two, on_demand.deadline(), "registry model")
+    first.last_used -= 31  # idle for a while now: it makes room
     asyncio.ensure_future(ready_soon(manager, 1))
     [second] = await on_demand.engines(two, on_demand.deadline(), "registry model")
     assert manager.removed == [first] and second.base.name == "two"
+    second.last_used -= 31
     second.in_flight = 1  # busy: it stays, and the third model cannot start now
     three = await on_demand.model("three", owner=None)
     with pytest.raises(Unavailable) as busy:
@@ -200,9 +211,10 @@ async def test_an_adapter_vllm_cannot_load_is_merged_once_in_the_engines_dtype(t
     assert base.name == "dora-v1-merged"
     [export] = trainer.exports
     assert export == {
-        "adapter": "dora@1", "name": "dora-v1-merged",
+        "adapter": "dora@1",
+        "name": "dora-v1-merged",
         "precision": trainer_pb2.PRECISION_FP32,
-        "idempotency_key": "tuneplex-merge-dora@1",
+        "idempotency_key": "tuneplex-merge-dora@1-precision_fp32",
         "labels": {"tuneplex.owner": "team-a"},  # the merge stays its owner's
     }
 
@@ -264,5 +276,64 @@ async def test_a_running_model_is_not_hashed_again_per_request_and_a_dead_start_
     # An engine that never comes up is stopped once a start plus the idle time has passed.
     manager.added[0].state = EngineState.DOWN
     on_demand._started_at["m@1"] -= 161
+    manager.added[0].last_used -= 161
     await on_demand.reap_idle()
     assert manager.removed == manager.added
+
+
+async def test_an_alias_of_a_served_base_is_that_base_not_a_second_engine(tmp_path):
+    on_demand, registry, manager, _ = make(tmp_path)
+    served = ServedBase("qwen", Path("/models/qwen"), 1, "k1")
+    on_demand._bases = {"qwen": served}
+    registry.targets["qwen@prod"] = model_version("qwen", version=1)
+    registry.targets["qwen@2"] = model_version("qwen", version=2)
+    assert await on_demand.model("qwen@prod", owner=None) is served
+    other = await on_demand.model("qwen@2", owner=None)
+    assert other is not served and other.version == 2 and not on_demand.is_configured(other)
+
+
+async def test_a_merge_is_its_adapters_even_without_an_owner_label(tmp_path):
+    on_demand, registry, _, _ = make(tmp_path)
+    registry.targets["theirs-merged"] = model_version("theirs-merged", merged_from="theirs@1")
+    adapter = adapter_version("theirs")
+    adapter.labels["tuneplex.owner"] = "team-b"
+    registry.targets["theirs@1"] = adapter
+    with pytest.raises(NotFound):
+        await on_demand.model("theirs-merged", owner="team-a")
+    assert (await on_demand.model("theirs-merged", owner="team-b")).name == "theirs-merged"
+
+
+async def test_a_deleted_merge_is_made_again(tmp_path):
+    on_demand, registry, _, trainer = make(tmp_path)
+    await on_demand.merged(dora(), on_demand.deadline())
+    # Deleted from the registry; the trainer's job for the first key still says where it was.
+    del registry.targets["dora-v1-merged@1"]
+    on_demand._merges.clear()
+
+    original = trainer.create_export
+
+    def export_once_per_key(adapter, name, **kwargs):
+        if kwargs["idempotency_key"] == "tuneplex-merge-dora@1-precision_fp32":
+            trainer.exports.append({"adapter": adapter, "name": name, **kwargs})
+            return trainer_pb2.Job(
+                id="job-x", state=trainer_pb2.JOB_STATE_SUCCEEDED, output="dora-v1-merged@1"
+            )
+        trainer.polls = 1
+        return original(adapter, name, **kwargs)
+
+    trainer.create_export = export_once_per_key
+    base = await on_demand.merged(dora(), on_demand.deadline())
+    assert base.name == "dora-v1-merged"
+    assert trainer.exports[-1]["idempotency_key"] == "tuneplex-merge-dora@1-precision_fp32-1"
+
+
+def test_a_served_bases_engines_are_never_an_on_demand_one(tmp_path):
+    from services.gateway.engines import Engine, EngineManager
+
+    settings = GatewaySettings(home=tmp_path)
+    manager = EngineManager(settings, listener=None)  # type: ignore[arg-type]
+    own = Engine("qwen-0", settings, ServedBase("qwen", Path("/a"), 1), None)
+    other = Engine("on-demand-qwen-v2", settings, ServedBase("qwen", Path("/b"), 2), None)
+    other.on_demand = True
+    manager.engines += [own, other]
+    assert manager.for_base("qwen") == [own]
