@@ -1,5 +1,7 @@
 """Push and pull of a 100 MB adapter through tuneplex (gRPC client -> registry -> S3) against
 the raw ``minio`` SDK put/get on the same S3-compatible server (moto, on loopback), in one run.
+Pulls are measured both ways: streamed through the registry (a second registry on the same
+bucket with direct transfers off) and direct (presigned URLs, parallel ranges from S3).
 
 tuneplex does more than move bytes: the client hashes every file before sending, the registry
 hashes, checks the safetensors header and every float for NaN/Inf while streaming, and writes
@@ -88,7 +90,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="registry-bench-"))
     s3 = start_moto_s3()
-    server = None
+    server = streaming = None
     try:
         adapter = write_adapter(work / "adapter", size_bytes=args.mb * 1000 * 1000)
         weights = adapter / "adapter_model.safetensors"
@@ -97,12 +99,23 @@ def main() -> None:
             work / "home",
             env={**s3.registry_env(bucket="tuneplex-bench"), **NO_REGISTRY_METRICS},
         )
+        streaming = start_registry(
+            work / "home-streaming",
+            env={
+                **s3.registry_env(bucket="tuneplex-bench"),
+                **NO_REGISTRY_METRICS,
+                "TUNEPLEX_REGISTRY_DIRECT_TRANSFERS": "false",
+            },
+        )
         client = RegistryClient(server.target)
         client.push("model", TINY_MODEL, write_model(work / "model"))
+        streamed = RegistryClient(streaming.target)
+        streamed.push("model", TINY_MODEL, write_model(work / "model"))
+        streamed.push("adapter", "bench-lora", adapter)
         raw = s3.minio()
         raw.make_bucket("raw-bench")
 
-        ops = ("tp_push", "tp_pull", "raw_put", "raw_get", "sha_put", "sha_get")
+        ops = ("tp_push", "tp_pull", "tp_stream", "raw_put", "raw_get", "sha_put", "sha_get")
         times: dict[str, list[float]] = {k: [] for k in ops}
         out = work / "raw.out"
         for i in range(args.rounds):  # interleaved, so drift on a shared machine hits all
@@ -118,7 +131,10 @@ def main() -> None:
             ref = f"bench-lora@{pushed.version}"
             times["tp_pull"].append(timed(client.pull, "adapter", ref, work / "pulled"))
             shutil.rmtree(work / "pulled")
+            times["tp_stream"].append(timed(streamed.pull, "adapter", "bench-lora", work / "s"))
+            shutil.rmtree(work / "s")
         client.close()
+        streamed.close()
 
         mb = size / 1e6
         rate = {k: mb / statistics.median(v) for k, v in times.items()}
@@ -127,25 +143,34 @@ def main() -> None:
             f"{args.rounds} rounds interleaved, median"
         )
         print(
-            f"{'':10s}{'tuneplex':>12s}{'raw minio':>12s}{'ratio':>8s}"
-            f"{'raw+sha256':>13s}{'ratio':>8s}"
+            f"{'':10s}{'via gRPC':>12s}{'direct':>12s}{'raw minio':>12s}{'gRPC/raw':>10s}"
+            f"{'direct/raw':>11s}{'raw+sha256':>13s}{'direct/sha':>11s}"
         )
-        for op, tp, rw, sh in (
-            ("push/put", "tp_push", "raw_put", "sha_put"),
-            ("pull/get", "tp_pull", "raw_get", "sha_get"),
+        for op, grpc_op, direct_op, rw, sh in (
+            ("push/put", "tp_push", None, "raw_put", "sha_put"),
+            ("pull/get", "tp_stream", "tp_pull", "raw_get", "sha_get"),
         ):
+            best = direct_op or grpc_op  # what a client of this registry gets
+            direct = f"{rate[direct_op]:>7.1f} MB/s" if direct_op else f"{'-':>12s}"
+            direct_ratio = f"{rate[direct_op] / rate[rw]:>10.2f}x" if direct_op else f"{'-':>11s}"
             print(
-                f"{op:10s}{rate[tp]:>7.1f} MB/s{rate[rw]:>7.1f} MB/s{rate[tp] / rate[rw]:>7.2f}x"
-                f"{rate[sh]:>8.1f} MB/s{rate[tp] / rate[sh]:>7.2f}x"
+                f"{op:10s}{rate[grpc_op]:>7.1f} MB/s{direct}{rate[rw]:>7.1f} MB/s"
+                f"{rate[grpc_op] / rate[rw]:>9.2f}x{direct_ratio}"
+                f"{rate[sh]:>8.1f} MB/s{rate[best] / rate[sh]:>10.2f}x"
             )
         print(
-            "tuneplex: client sha256 + registry sha256/NaN scan/manifest/metadata on push; "
-            "registry and client sha256 on pull.\nraw+sha256: the raw SDK plus the hashing a "
-            "user needs for the same integrity (hash before put, verify on get)."
+            "push: client sha256 + registry sha256/NaN scan/manifest/metadata, over gRPC (no "
+            "direct uploads yet).\npull via gRPC: registry and client sha256, bytes through the "
+            "registry; direct: presigned URLs, one stream per file (ranges from 256 MiB), client "
+            "sha256.\n"
+            "raw+sha256: the raw SDK plus the hashing a user needs for the same integrity (hash "
+            "before put, verify on get); direct/sha compares the best tuneplex path with it."
         )
     finally:
         if server is not None:
             server.stop()
+        if streaming is not None:
+            streaming.stop()
         s3.stop()
         shutil.rmtree(work, ignore_errors=True)
 

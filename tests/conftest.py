@@ -59,3 +59,16 @@ def registry_with_base_model(tmp_path_factory, base_model_dir):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster for the session (``tests/helpers/postgres.py``): use
+    ``.create_database()`` for a fresh database's URL; stopped and removed afterwards."""
+    from tests.helpers.postgres import start_postgres
+
+    cluster = start_postgres()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

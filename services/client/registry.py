@@ -10,6 +10,10 @@ import builtins
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
+import grpc
+
+from services.client import direct_download
+from services.client.direct_download import pinned_ref
 from services.client.grpc_channel import AsyncClient, BlockingClient, domain_errors
 from services.client.transfer import (
     KINDS,
@@ -22,6 +26,7 @@ from services.client.transfer import (
     local_files,
     upload_header,
 )
+from services.common.errors import from_grpc_error
 from services.common.stubs import registry_pb2, registry_pb2_grpc
 
 __all__ = ["KINDS", "AsyncRegistryClient", "RegistryClient", "kind_label", "kind_value"]
@@ -42,6 +47,19 @@ def _list_request(
 
 def _file_request(kind: str, ref: str, path: str) -> registry_pb2.DownloadArtifactRequest:
     return registry_pb2.DownloadArtifactRequest(kind=kind_value(kind), ref=ref, paths=[path])
+
+
+def _urls_request(
+    kind: registry_pb2.ArtifactKind | str, ref: str, paths: tuple[str, ...] = ()
+) -> registry_pb2.GetDownloadUrlsRequest:
+    value = kind_value(kind) if isinstance(kind, str) else kind
+    return registry_pb2.GetDownloadUrlsRequest(kind=value, ref=ref, paths=paths)
+
+
+def _unless_unimplemented(exc: grpc.RpcError) -> None:
+    """A registry from before direct transfers answers UNIMPLEMENTED: the pull streams then."""
+    if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+        raise from_grpc_error(exc) from None
 
 
 def _feed(sink: PullWriter | FileReader, message: registry_pb2.DownloadArtifactResponse) -> None:
@@ -143,7 +161,39 @@ class RegistryClient(BlockingClient):
 
     def pull(self, kind: str, ref: str, dest: Path) -> registry_pb2.ArtifactVersion:
         """Download ``ref`` into ``dest``, which gets the files only once all are complete and
-        verified; on any error ``dest`` is left as it was."""
+        verified; on any error ``dest`` is left as it was. Straight from object storage when the
+        registry offers presigned URLs (``download_urls``), else streamed through it."""
+        answer = self.download_urls(kind, ref)
+        if answer is not None and answer.direct_transfers:
+            return self._pull_direct(answer, dest)
+        return self._pull_streamed(kind, pinned_ref(answer.version) if answer else ref, dest)
+
+    def download_urls(
+        self, kind: str, ref: str, paths: tuple[str, ...] = ()
+    ) -> registry_pb2.GetDownloadUrlsResponse | None:
+        """The version ``ref`` names with presigned GET URLs of its files (``direct_transfers``
+        false: the registry offers none); None from a registry that predates them."""
+        request = _urls_request(kind, ref, paths)
+        try:
+            return self._stub.GetDownloadUrls(
+                request, metadata=self._metadata, timeout=self.timeout
+            )
+        except grpc.RpcError as exc:
+            _unless_unimplemented(exc)
+            return None
+
+    def _pull_direct(
+        self, answer: registry_pb2.GetDownloadUrlsResponse, dest: Path
+    ) -> registry_pb2.ArtifactVersion:
+        version = answer.version
+
+        def refresh(path: str) -> registry_pb2.GetDownloadUrlsResponse:
+            request = _urls_request(version.kind, pinned_ref(version), (path,))
+            return self._unary("GetDownloadUrls", request)
+
+        return direct_download.pull(dest, answer, refresh)
+
+    def _pull_streamed(self, kind: str, ref: str, dest: Path) -> registry_pb2.ArtifactVersion:
         writer = PullWriter(dest)
         request = _ref_request(registry_pb2.DownloadArtifactRequest, kind, ref)
         call = self._stub.DownloadArtifact(request, metadata=self._metadata)
@@ -296,6 +346,40 @@ class AsyncRegistryClient(AsyncClient):
             return (await self._stub.UploadArtifact(requests(), metadata=self._metadata)).version
 
     async def pull(self, kind: str, ref: str, dest: Path) -> registry_pb2.ArtifactVersion:
+        answer = await self.download_urls(kind, ref)
+        if answer is not None and answer.direct_transfers:
+            return await self._pull_direct(answer, dest)
+        return await self._pull_streamed(kind, pinned_ref(answer.version) if answer else ref, dest)
+
+    async def download_urls(
+        self, kind: str, ref: str, paths: tuple[str, ...] = ()
+    ) -> registry_pb2.GetDownloadUrlsResponse | None:
+        request = _urls_request(kind, ref, paths)
+        try:
+            return await self._stub.GetDownloadUrls(
+                request, metadata=self._metadata, timeout=self.timeout
+            )
+        except grpc.RpcError as exc:
+            _unless_unimplemented(exc)
+            return None
+
+    async def _pull_direct(
+        self, answer: registry_pb2.GetDownloadUrlsResponse, dest: Path
+    ) -> registry_pb2.ArtifactVersion:
+        version = answer.version
+        loop = asyncio.get_running_loop()
+
+        def refresh(path: str) -> registry_pb2.GetDownloadUrlsResponse:
+            # Called from the download's worker thread while the loop awaits that thread.
+            request = _urls_request(version.kind, pinned_ref(version), (path,))
+            call = self._unary("GetDownloadUrls", request)
+            return asyncio.run_coroutine_threadsafe(call, loop).result()
+
+        # One thread owns the pull's writer from start to close: a cancelled caller leaves the
+        # pull to end (or fail and clean up) there, never racing its writes.
+        return await asyncio.to_thread(direct_download.pull, dest, answer, refresh)
+
+    async def _pull_streamed(self, kind: str, ref: str, dest: Path) -> registry_pb2.ArtifactVersion:
         writer = PullWriter(dest)
         request = _ref_request(registry_pb2.DownloadArtifactRequest, kind, ref)
         call = self._stub.DownloadArtifact(request, metadata=self._metadata)

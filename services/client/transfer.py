@@ -154,13 +154,18 @@ class PullWriter:
                 return
 
     def chunk(self, chunk: registry_pb2.FileChunk) -> None:
+        # Each access of a bytes field copies it: once is enough.
+        self.data(chunk.path, chunk.data)
+
+    def data(self, path: str, data: bytes) -> None:
+        """The next bytes of file ``path``, which must be the file being written: files arrive
+        whole and in manifest order, from a gRPC stream or from object storage."""
         if self._index >= len(self._files):
             raise DataLoss("download sent more data than its manifest lists")
         if self._file is None or self._staging is None:
             raise DataLoss("download sent data before its manifest")
         entry = self._files[self._index]
-        data = chunk.data  # each access of a bytes field copies it: once is enough
-        if chunk.path != entry.path or self._written + len(data) > entry.size_bytes:
+        if path != entry.path or self._written + len(data) > entry.size_bytes:
             raise DataLoss(f"download stream does not match its manifest at {entry.path}")
         with _writing(f"file {shown(entry.path)}"):
             self._file.write(data)
@@ -177,7 +182,7 @@ class PullWriter:
             file.close()
         self._file = None
         if self._digest.hexdigest() != entry.sha256:
-            raise DataLoss(f"{entry.path}: received bytes do not match sha256 {entry.sha256}")
+            raise DataLoss(f"{entry.path}: received bytes do not match their sha256 {entry.sha256}")
 
     def finish(self) -> registry_pb2.ArtifactVersion:
         if self.version is None or self._staging is None or self._index < len(self._files):

@@ -28,6 +28,7 @@ from services.registry import convert
 from services.registry.lora_shapes import check_lora_shapes
 from services.registry.metadata import FileRow, MetadataStore, NewVersion, VersionRow
 from services.registry.names import check_alias, check_name, kind_name, parse_ref
+from services.registry.presigned import DirectDownloads
 from services.registry.promotion_gate import Promotion, promote
 from services.registry.settings import RegistrySettings
 from services.registry.storage import BlobStore, blob_key, manifest_key
@@ -52,6 +53,7 @@ class ArtifactRegistry:
         self.settings = settings
         self.store = store
         self.metadata = metadata
+        self.direct = DirectDownloads(store, settings)
 
     # --- publish ------------------------------------------------------------------------
 

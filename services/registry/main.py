@@ -44,9 +44,18 @@ def build_store(settings: RegistrySettings) -> BlobStore:
     return LocalBlobStore(settings.resolved_blob_dir())
 
 
+def open_metadata(settings: RegistrySettings) -> MetadataStore:
+    """PostgreSQL when ``database_url`` is set, else the SQLite file (the embedded default)."""
+    if settings.database_url is not None:
+        from services.registry.metadata_postgres import PostgresDatabase
+
+        return MetadataStore(PostgresDatabase(settings.database_url.get_secret_value()))
+    return MetadataStore(settings.resolved_db_path())
+
+
 async def serve(settings: RegistrySettings) -> None:
     store = await asyncio.to_thread(build_store, settings)
-    metadata = MetadataStore(settings.resolved_db_path())
+    metadata = await asyncio.to_thread(open_metadata, settings)
     registry = ArtifactRegistry(settings, store, metadata)
     server, port, health = await build_server(
         host=settings.host,
@@ -55,7 +64,13 @@ async def serve(settings: RegistrySettings) -> None:
         register=[add_to_server(RegistryServicer(registry))],
         service_names=[SERVICE_NAME],
     )
-    log.info("registry serving on %s:%d (storage: %s)", settings.host, port, settings.storage)
+    log.info(
+        "registry serving on %s:%d (storage: %s, metadata: %s)",
+        settings.host,
+        port,
+        settings.storage,
+        metadata.description,
+    )
     gc_task = asyncio.create_task(
         run_gc_forever(store, metadata, settings.gc_grace_seconds, settings.gc_interval_seconds)
     )

@@ -1,8 +1,11 @@
-"""Metadata of artifacts, versions, aliases and files in SQLite (plain sqlite3, WAL).
+"""Metadata of artifacts, versions, aliases and files, in SQLite or PostgreSQL.
 
-One connection behind a lock, called from worker threads (``asyncio.to_thread``). Every write
-is one transaction: a version appears with all its file rows or not at all, an alias moves in
-one statement. Versions are immutable: a trigger refuses any UPDATE of a version row.
+One store, one set of SQL, over a ``MetadataDatabase`` (metadata_database.py): SQLite
+(metadata_sqlite.py) is the embedded default, PostgreSQL (metadata_postgres.py) the backend of
+several registry replicas. Every write is one transaction: a version appears with all its file
+rows or not at all, its number taken from its artifact row in the same statement that locks
+it; an alias moves in one statement. Versions are immutable: a trigger refuses any UPDATE of
+a version row.
 
 Version numbers are never reused: deleting versions, even the last one, keeps the artifact row
 with its ``next_version`` as a tombstone, so ``name@3`` in a lineage can never come to mean
@@ -12,17 +15,21 @@ is not listed; the next push of its name continues its numbering.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.errors import Aborted, FailedPrecondition, NotFound, shown
-from services.registry.migrations import MIGRATIONS, split_statements
+from services.registry.metadata_database import Dialect, MetadataDatabase, Session
+from services.registry.metadata_sqlite import SqliteDatabase
 from services.registry.names import Ref
+from services.registry.stored_text import (
+    CONTROL_IN_PROSE,
+    NUL,
+    refuse_characters,
+    refuse_nul_in_json,
+)
 
 
 @dataclass(frozen=True)
@@ -73,65 +80,60 @@ class NewVersion:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+def _refuse_unstorable(new: NewVersion) -> None:
+    """Text neither backend may be handed (stored_text.py): refused before the transaction."""
+    refuse_characters(
+        new.description, "the description", param="description", refused=CONTROL_IN_PROSE
+    )
+    for key, value in new.labels.items():
+        refuse_characters(key, "a label's key", param="labels", refused=NUL)
+        refuse_characters(value, f"label {shown(key)}", param="labels", refused=NUL)
+    refuse_characters(new.base_model, "the base model", param="base_model", refused=NUL)
+    refuse_nul_in_json(new.lineage_json, "the lineage", param="lineage")
+    refuse_nul_in_json(new.info_json, "the version's info (read from its files)", param="files")
+
+
 class MetadataStore:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
+    def __init__(self, database: MetadataDatabase | Path):
+        """``database``: an open backend, or the path of a SQLite file (the default one)."""
+        self._database = SqliteDatabase(database) if isinstance(database, Path) else database
+        self._dialect: Dialect = self._database.dialect
+
+    @property
+    def description(self) -> str:
+        return self._database.description
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _migrate(self) -> None:
-        with self._tx() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
-            done = {r[0] for r in db.execute("SELECT version FROM schema_migrations")}
-            for number, sql in enumerate(MIGRATIONS, start=1):
-                if number in done:
-                    continue
-                for statement in split_statements(sql):
-                    db.execute(statement)
-                db.execute("INSERT INTO schema_migrations (version) VALUES (?)", (number,))
+        self._database.close()
 
     # --- writes -------------------------------------------------------------------------
 
     def publish(self, new: NewVersion) -> VersionRow:
         """Add the next version of ``new.kind/new.name`` (creating the artifact), with its files."""
+        _refuse_unstorable(new)
         now = time.time()
-        with self._tx() as db:
-            # A tombstone revived by this push is a new artifact to its readers: it gets a new
-            # create_time, and keeps only its numbering.
-            db.execute(
-                "INSERT INTO artifacts (kind, name, create_time, update_time) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (kind, name) DO UPDATE SET update_time = excluded.update_time,"
-                " create_time = CASE WHEN EXISTS (SELECT 1 FROM versions"
-                " WHERE versions.artifact_id = artifacts.id) THEN artifacts.create_time"
-                " ELSE excluded.create_time END",
-                (new.kind, new.name, now, now),
-            )
+        with self._database.write() as db:
+            # One statement takes the number and, on PostgreSQL, the artifact row's lock until
+            # commit: a concurrent push of the name (on any replica) waits, then takes the
+            # next.
             art_id, version = db.execute(
-                "SELECT id, next_version FROM artifacts WHERE kind = ? AND name = ?",
-                (new.kind, new.name),
+                "INSERT INTO artifacts (kind, name, next_version, create_time, update_time)"
+                " VALUES (?, ?, 2, ?, ?) ON CONFLICT (kind, name) DO UPDATE"
+                " SET next_version = artifacts.next_version + 1,"
+                " update_time = excluded.update_time"
+                " RETURNING id, next_version - 1",
+                (new.kind, new.name, now, now),
             ).fetchone()
-            db.execute("UPDATE artifacts SET next_version = ? WHERE id = ?", (version + 1, art_id))
+            # A tombstone revived by this push is a new artifact to its readers: it gets a new
+            # create_time, and keeps only its numbering. Asked in a statement of its own, once
+            # the lock is held: on PostgreSQL a statement that waited for the lock still reads
+            # the database as it was when it began, before the push or delete it waited on
+            # committed (and would take a concurrent first push's artifact for a tombstone).
+            db.execute(
+                "UPDATE artifacts SET create_time = ? WHERE id = ?"
+                " AND NOT EXISTS (SELECT 1 FROM versions WHERE artifact_id = ?)",
+                (now, art_id, art_id),
+            )
             db.execute(
                 "INSERT INTO versions (artifact_id, version, manifest_sha256, total_size,"
                 " description, lineage_json, info_json, base_model, create_time)"
@@ -160,8 +162,8 @@ class MetadataStore:
             return self._version(db, art_id, new.kind, new.name, version)
 
     def set_alias(self, kind: str, name: str, alias: str, version: int) -> ArtifactRow:
-        with self._tx() as db:
-            art_id = self._artifact_id(db, kind, name)
+        with self._database.write() as db:
+            art_id = self._artifact_id(db, kind, name, lock=True)
             self._require_version(db, art_id, kind, name, version)
             db.execute(
                 "INSERT INTO aliases (artifact_id, alias, version) VALUES (?, ?, ?)"
@@ -177,8 +179,8 @@ class MetadataStore:
         """Point ``alias`` at ``version`` only if it still points at ``expected`` (None: the
         alias does not exist): the promotion gate decided on that holder, and a move made
         meanwhile must not be overwritten by a decision about another version."""
-        with self._tx() as db:
-            art_id = self._artifact_id(db, kind, name)
+        with self._database.write() as db:
+            art_id = self._artifact_id(db, kind, name, lock=True)
             self._require_version(db, art_id, kind, name, version)
             row = db.execute(
                 "SELECT version FROM aliases WHERE artifact_id = ? AND alias = ?", (art_id, alias)
@@ -201,8 +203,8 @@ class MetadataStore:
             return self._artifact(db, art_id)
 
     def delete_alias(self, kind: str, name: str, alias: str) -> None:
-        with self._tx() as db:
-            art_id = self._artifact_id(db, kind, name)
+        with self._database.write() as db:
+            art_id = self._artifact_id(db, kind, name, lock=True)
             cur = db.execute(
                 "DELETE FROM aliases WHERE artifact_id = ? AND alias = ?", (art_id, alias)
             )
@@ -212,8 +214,8 @@ class MetadataStore:
     def delete(self, kind: str, name: str, version: int = 0, force: bool = False) -> None:
         """Delete one version, or every version when ``version`` is 0. The artifact row stays
         as a tombstone that keeps its numbering; blobs stay for the GC."""
-        with self._tx() as db:
-            art_id = self._artifact_id(db, kind, name)
+        with self._database.write() as db:
+            art_id = self._artifact_id(db, kind, name, lock=True)
             if version:
                 self._require_version(db, art_id, kind, name, version)
                 versions = [version]
@@ -237,6 +239,11 @@ class MetadataStore:
                         "SELECT version FROM versions WHERE artifact_id = ?", (art_id,)
                     )
                 ]
+                if not versions:  # _artifact_id saw it live; never an empty IN () below
+                    raise NotFound(
+                        f"{kind} {shown(name)} was deleted (every version)",
+                        code=f"{kind}_not_found",
+                    )
             if kind == "model" and not force:
                 self._refuse_if_base_of_adapters(db, name, versions)
             marks = ",".join("?" * len(versions))
@@ -250,7 +257,7 @@ class MetadataStore:
             )
             db.execute("UPDATE artifacts SET update_time = ? WHERE id = ?", (time.time(), art_id))
 
-    def _refuse_if_base_of_adapters(self, db, name: str, versions: list[int]) -> None:
+    def _refuse_if_base_of_adapters(self, db: Session, name: str, versions: list[int]) -> None:
         refs = [f"{name}@{v}" for v in versions]
         marks = ",".join("?" * len(refs))
         row = db.execute(
@@ -268,8 +275,8 @@ class MetadataStore:
     # --- reads --------------------------------------------------------------------------
 
     def get_artifact(self, kind: str, name: str) -> ArtifactRow:
-        with self._lock:
-            return self._artifact(self._db, self._artifact_id(self._db, kind, name))
+        with self._database.read() as db:
+            return self._artifact(db, self._artifact_id(db, kind, name))
 
     def list_artifacts(
         self,
@@ -301,13 +308,12 @@ class MetadataStore:
             args.extend((key, value))
         sql = "SELECT id FROM artifacts WHERE " + " AND ".join(where)
         sql += " ORDER BY kind, name LIMIT ?"
-        with self._lock:
-            ids = [r[0] for r in self._db.execute(sql, (*args, limit))]
-            return [self._artifact(self._db, i) for i in ids]
+        with self._database.read() as db:
+            ids = [r[0] for r in db.execute(sql, (*args, limit))]
+            return [self._artifact(db, i) for i in ids]
 
     def resolve(self, kind: str, ref: Ref) -> VersionRow:
-        with self._lock:
-            db = self._db
+        with self._database.read() as db:
             art_id = self._artifact_id(db, kind, ref.name)
             version = ref.version
             if ref.alias:
@@ -326,16 +332,16 @@ class MetadataStore:
             return self._version(db, art_id, kind, ref.name, version)
 
     def list_versions(self, kind: str, name: str) -> list[VersionRow]:
-        with self._lock:
-            art_id = self._artifact_id(self._db, kind, name)
+        with self._database.read() as db:
+            art_id = self._artifact_id(db, kind, name)
             numbers = [
                 r[0]
-                for r in self._db.execute(
+                for r in db.execute(
                     "SELECT version FROM versions WHERE artifact_id = ? ORDER BY version DESC",
                     (art_id,),
                 )
             ]
-            return [self._version(self._db, art_id, kind, name, v) for v in numbers]
+            return [self._version(db, art_id, kind, name, v) for v in numbers]
 
     def evaluations(
         self, model: str, model_kind: str, eval_set: str, graders_sha256: str = ""
@@ -343,51 +349,56 @@ class MetadataStore:
         """Evaluations of ``model`` (``name@version`` of kind ``model_kind``) on ``eval_set``
         (``name@version``), newest first; only those with ``graders_sha256`` when given."""
         # info_json is the EvaluationInfo as protobuf JSON (camelCase, enum names).
+        field = self._dialect.json_text
         sql = (
             "SELECT a.id, a.name, v.version FROM versions v JOIN artifacts a"
             " ON a.id = v.artifact_id WHERE a.kind = 'evaluation'"
-            " AND json_extract(v.info_json, '$.evaluation.model') = ?"
-            " AND json_extract(v.info_json, '$.evaluation.modelKind') = ?"
-            " AND json_extract(v.info_json, '$.evaluation.evalSet') = ?"
+            f" AND {field('v.info_json', 'evaluation.model')} = ?"
+            f" AND {field('v.info_json', 'evaluation.modelKind')} = ?"
+            f" AND {field('v.info_json', 'evaluation.evalSet')} = ?"
         )
         args = [model, f"ARTIFACT_KIND_{model_kind.upper()}", eval_set]
         if graders_sha256:
-            sql += " AND json_extract(v.info_json, '$.evaluation.gradersSha256') = ?"
+            sql += f" AND {field('v.info_json', 'evaluation.gradersSha256')} = ?"
             args.append(graders_sha256)
         sql += " ORDER BY v.create_time DESC, a.name, v.version DESC"
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
-            return [self._version(self._db, r[0], "evaluation", r[1], r[2]) for r in rows]
+        with self._database.read() as db:
+            rows = db.execute(sql, args).fetchall()
+            return [self._version(db, r[0], "evaluation", r[1], r[2]) for r in rows]
 
     def referenced_keys(self) -> tuple[set[str], set[str]]:
         """sha256 of every file and every manifest some version refers to (for the GC)."""
-        with self._lock:
-            files = {r[0] for r in self._db.execute("SELECT DISTINCT sha256 FROM files")}
-            manifests = {
-                r[0] for r in self._db.execute("SELECT DISTINCT manifest_sha256 FROM versions")
-            }
+        with self._database.read() as db:
+            files = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM files")}
+            manifests = {r[0] for r in db.execute("SELECT DISTINCT manifest_sha256 FROM versions")}
         return files, manifests
 
-    # --- helpers (caller holds the lock) -------------------------------------------------
+    # --- helpers (inside a transaction) -------------------------------------------------
 
-    @staticmethod
-    def _artifact_id(db, kind: str, name: str) -> int:
-        """The id of a live artifact (one with a version): a tombstone is not found."""
+    def _artifact_id(self, db: Session, kind: str, name: str, lock: bool = False) -> int:
+        """The id of a live artifact (one with a version): a tombstone is not found. With
+        ``lock`` (every write but a publish), the row is this transaction's until it ends."""
         row = db.execute(
-            "SELECT id, EXISTS (SELECT 1 FROM versions v WHERE v.artifact_id = artifacts.id)"
-            " FROM artifacts WHERE kind = ? AND name = ?",
+            "SELECT id FROM artifacts WHERE kind = ? AND name = ?"
+            + (self._dialect.lock_row if lock else ""),
             (kind, name),
         ).fetchone()
         if row is None:
             raise NotFound(f"no {kind} named {shown(name)}", code=f"{kind}_not_found")
-        if not row[1]:
+        # A statement of its own, after the lock: on PostgreSQL the statement that waited for
+        # the lock reads the versions as they were before the write it waited on (a delete of
+        # every version on another replica) committed; this one reads them as that left them.
+        (live,) = db.execute(
+            "SELECT EXISTS (SELECT 1 FROM versions WHERE artifact_id = ?)", (row[0],)
+        ).fetchone()
+        if not live:
             raise NotFound(
                 f"{kind} {shown(name)} was deleted (every version)", code=f"{kind}_not_found"
             )
         return row[0]
 
     @staticmethod
-    def _require_version(db, art_id: int, kind: str, name: str, version: int) -> None:
+    def _require_version(db: Session, art_id: int, kind: str, name: str, version: int) -> None:
         row = db.execute(
             "SELECT next_version, EXISTS (SELECT 1 FROM versions WHERE artifact_id = ?"
             " AND version = ?) FROM artifacts WHERE id = ?",
@@ -400,8 +411,10 @@ class MetadataStore:
         raise NotFound(f"{kind} {name} has no version {version}", code=f"{kind}_not_found")
 
     @staticmethod
-    def _artifact(db, art_id: int) -> ArtifactRow:
-        a = db.execute("SELECT * FROM artifacts WHERE id = ?", (art_id,)).fetchone()
+    def _artifact(db: Session, art_id: int) -> ArtifactRow:
+        kind, name, create_time, update_time = db.execute(
+            "SELECT kind, name, create_time, update_time FROM artifacts WHERE id = ?", (art_id,)
+        ).fetchone()
         latest = db.execute(
             "SELECT max(version) FROM versions WHERE artifact_id = ?", (art_id,)
         ).fetchone()[0]
@@ -410,17 +423,17 @@ class MetadataStore:
                 "SELECT alias, version FROM aliases WHERE artifact_id = ? ORDER BY alias", (art_id,)
             ).fetchall()
         )
-        return ArtifactRow(
-            a["kind"], a["name"], latest or 0, aliases, a["create_time"], a["update_time"]
-        )
+        return ArtifactRow(kind, name, latest or 0, aliases, create_time, update_time)
 
     @staticmethod
-    def _version(db, art_id: int, kind: str, name: str, version: int) -> VersionRow:
-        v = db.execute(
-            "SELECT * FROM versions WHERE artifact_id = ? AND version = ?", (art_id, version)
+    def _version(db: Session, art_id: int, kind: str, name: str, version: int) -> VersionRow:
+        row = db.execute(
+            "SELECT manifest_sha256, total_size, description, lineage_json, info_json,"
+            " base_model, create_time FROM versions WHERE artifact_id = ? AND version = ?",
+            (art_id, version),
         ).fetchone()
         files = [
-            FileRow(r["path"], r["size"], r["sha256"])
+            FileRow(*r)
             for r in db.execute(
                 "SELECT path, size, sha256 FROM files WHERE artifact_id = ? AND version = ?"
                 " ORDER BY position",
@@ -441,17 +454,18 @@ class MetadataStore:
                 (art_id, version),
             ).fetchall()
         )
+        manifest_sha256, total_size, description, lineage_json, info_json, base_model, created = row
         return VersionRow(
             kind,
             name,
             version,
-            v["manifest_sha256"],
-            v["total_size"],
-            v["description"],
-            v["lineage_json"],
-            v["info_json"],
-            v["base_model"],
-            v["create_time"],
+            manifest_sha256,
+            total_size,
+            description,
+            lineage_json,
+            info_json,
+            base_model,
+            created,
             files,
             aliases,
             labels,

@@ -46,6 +46,17 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 message.chunk.data = data
                 yield message
 
+    async def GetDownloadUrls(self, request, context: grpc.aio.ServicerContext):
+        row = await self.registry.resolve(request.kind, request.ref)
+        files = self.registry.files_to_send(row, request.paths)
+        response = registry_pb2.GetDownloadUrlsResponse(version=convert.version_to_proto(row))
+        if self.registry.direct.enabled:
+            response.direct_transfers = True
+            for signed in await asyncio.to_thread(self.registry.direct.urls, files):
+                url = response.urls.add(path=signed.path, url=signed.url)
+                url.expire_time.FromDatetime(signed.expire_time)
+        return response
+
     async def ResolveArtifact(self, request, context):
         row = await self.registry.resolve(request.kind, request.ref)
         return registry_pb2.ResolveArtifactResponse(version=convert.version_to_proto(row))

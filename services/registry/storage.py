@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -267,6 +268,14 @@ class S3BlobStore:
         finally:
             response.close()
             response.release_conn()
+
+    def presigned_get(self, key: str, expires: timedelta) -> str:
+        """A URL that lets whoever holds it GET ``key`` (Range requests too) until ``expires``
+        from now. Signed locally with the store's credentials: no request to object storage
+        once the bucket's region is known (set ``region`` to skip even that lookup)."""
+        return self._call(
+            self.client.presigned_get_object, self.bucket, self.prefix + key, expires=expires
+        )
 
     def exists(self, key: str) -> bool:
         try:

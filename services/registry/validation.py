@@ -24,6 +24,7 @@ from services.registry.evaluation_check import ResultsCheck, evaluation_info, pa
 from services.registry.names import check_file_layout, check_name, is_pickle, kind_name
 from services.registry.safetensors_check import SafetensorsCheck
 from services.registry.sqlite_check import SqliteCheck, is_sqlite_name
+from services.registry.stored_text import CONTROL
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 MAX_FILES = 10_000
@@ -189,8 +190,19 @@ def _plan_eval_definition(header, files) -> UploadPlan:
             raise InvalidArgument(
                 f"{DEFINITION_FILE}: {broken}", param="files", code="eval_definition_invalid"
             )
+        name = definition.value["name"]
+        # The version's display name: a NUL would be a string PostgreSQL's JSON refuses, in
+        # the info every evaluations query reads; any control character garbles listings.
+        control = CONTROL.search(name)
+        if control:
+            raise InvalidArgument(
+                f"{DEFINITION_FILE}: 'name' holds the control character "
+                f"U+{ord(control.group()):04X}: remove it",
+                param="files",
+                code="eval_definition_invalid",
+            )
         return registry_pb2.EvalDefinitionInfo(
-            display_name=definition.value["name"][:256],
+            display_name=name[:256],
             num_criteria=len(definition.value["testing_criteria"]),
         )
 

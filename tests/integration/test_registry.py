@@ -288,6 +288,15 @@ def test_pickle_adapter_is_refused(client, tmp_path):
         client.get("adapter", "pickle-lora")
 
 
+def test_a_description_with_a_nul_is_refused(client, tmp_path):
+    """PostgreSQL's text cannot hold it; SQLite refuses it too, so both backends agree."""
+    with pytest.raises(InvalidArgument, match="control character U\\+0000") as exc:
+        client.push("adapter", "nul-lora", write_adapter(tmp_path / "a"), description="a\x00b")
+    assert _code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(NotFound):
+        client.get("adapter", "nul-lora")
+
+
 @pytest.mark.parametrize("name", ["../etc", "a/b", "..", "Upper", ".hidden", "x" * 64])
 def test_path_like_name_is_refused(client, tmp_path, name):
     with pytest.raises(InvalidArgument, match="invalid name") as exc:

@@ -62,7 +62,7 @@ def test_pull_into_an_empty_or_filled_folder(tmp_path):
 
 def test_a_corrupt_file_leaves_no_folder_behind(tmp_path):
     # The first file is fine and complete; the second does not match its sha256.
-    with pytest.raises(DataLoss, match="do not match sha256"):
+    with pytest.raises(DataLoss, match="do not match their sha256"):
         _pull(tmp_path / "new" / "out", FILES, corrupt="sub/w.safetensors")
     assert list(tmp_path.iterdir()) == []  # not `out`, not the `new` made for it, no staging
 

@@ -40,7 +40,13 @@ CHECK = REPO / "scripts" / "k8s_check.sh"
 KUBECTL = REPO / ".venv" / "bin" / "kubectl"
 TARGETS = ("base", "overlays/dev", "overlays/gpu")
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
-EXTERNAL_SECRETS = {"tuneplex-api-key", "tuneplex-minio"}
+EXTERNAL_SECRETS = {"tuneplex-api-key", "tuneplex-minio", "tuneplex-postgres"}
+# What a Secret's key reads as where its value must have a form (a placeholder elsewhere).
+SECRET_PLACEHOLDERS = {
+    "url": "postgresql://tuneplex:secret-password@tuneplex-postgres:5432/tuneplex"
+}
+# Workloads of each target: the dev overlay adds its PostgreSQL.
+POD_COUNTS = {"base": 5, "overlays/dev": 6, "overlays/gpu": 5}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -300,7 +306,7 @@ def test_validate_manifests_refuses_unknown_kubernetes_version() -> None:
 def test_every_pod_meets_restricted_pod_security(rendered, target: str) -> None:
     assert pod_security_errors(rendered[target]) == []
     specs = pod_specs(rendered[target])
-    assert len(specs) == 5  # minio, registry, trainer, engine, gateway
+    assert len(specs) == POD_COUNTS[target]  # minio, registry, trainer, engine, gateway (+pg)
     for where, spec in specs:
         pod_sc = spec.get("securityContext", {})
         assert not {"hostNetwork", "hostPID", "hostIPC"} & spec.keys(), where
@@ -355,7 +361,7 @@ def test_secret_example_matches_the_references_and_holds_no_values(rendered) -> 
     shipped = {(d["metadata"]["name"], key) for d in example for key in d["stringData"]}
     assert {v for d in example for v in d["stringData"].values()} == {"REPLACE-ME"}
     referenced = set()
-    for _, spec in pod_specs(rendered["base"]):
+    for _, spec in (s for target in TARGETS for s in pod_specs(rendered[target])):
         for c in containers(spec):
             for env in c.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
@@ -577,7 +583,8 @@ def container_env(docs: list[dict[str, Any]], c: dict[str, Any]) -> dict[str, st
             ref = source["configMapKeyRef"]
             value = maps[ref["name"]][ref["key"]]
         elif "secretKeyRef" in source:
-            value = f"secret-{source['secretKeyRef']['key']}"
+            key = source["secretKeyRef"]["key"]
+            value = SECRET_PLACEHOLDERS.get(key, f"secret-{key}")
         elif "resourceFieldRef" in source:
             ref = source["resourceFieldRef"]
             limits = next(x for x in docs_containers(docs) if x["name"] == ref["containerName"])
@@ -587,6 +594,30 @@ def container_env(docs: list[dict[str, Any]], c: dict[str, Any]) -> dict[str, st
             value = "tuneplex"
         env[item["name"]] = value
     return env
+
+
+def test_dev_overlay_runs_registry_replicas_on_its_postgres(rendered) -> None:
+    """Replicas only where the metadata is in PostgreSQL: the base keeps one SQLite writer,
+    the dev overlay requires the database URL, runs two, and fences the database to them."""
+    base = find(rendered["base"], "Deployment", "tuneplex-registry")["spec"]
+    assert (base["replicas"], base["strategy"]["type"]) == (1, "Recreate")
+    docs = rendered["overlays/dev"]
+    registry = find(docs, "Deployment", "tuneplex-registry")["spec"]
+    assert registry["replicas"] == 2 and registry["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e for e in container(docs, "tuneplex-registry", "registry")["env"]}
+    ref = env["TUNEPLEX_REGISTRY_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"], ref["optional"]) == ("tuneplex-postgres", "url", False)
+    assert "tuneplex-postgres:5432" in SECRET_PLACEHOLDERS["url"]
+    postgres = find(docs, "StatefulSet", "tuneplex-postgres")["spec"]
+    assert postgres["replicas"] == 1
+    assert find(docs, "Service", "tuneplex-postgres")["spec"]["ports"][0]["port"] == 5432
+    policy = find(docs, "NetworkPolicy", "tuneplex-postgres-ingress")["spec"]
+    assert policy["ingress"] == [
+        {
+            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/component": "registry"}}}],
+            "ports": [{"protocol": "TCP", "port": 5432}],
+        }
+    ]
 
 
 def expand(arg: str, env: dict[str, str]) -> str:
@@ -617,6 +648,8 @@ def test_service_settings_accept_the_rendered_environment(rendered, target, monk
     assert (registry.host, registry.port, registry.storage) == ("0.0.0.0", 50051, "s3")
     assert registry.s3_endpoint == "tuneplex-minio:9000" and registry.s3_access_key
     assert registry.api_key_value() == "secret-api-key"
+    assert registry.database_url is not None  # PostgreSQL when the Secret has a url
+    assert registry.database_url.get_secret_value() == SECRET_PLACEHOLDERS["url"]
 
     trainer = settings("trainer", TrainerSettings)
     assert (trainer.host, trainer.port, trainer.runner) == ("0.0.0.0", 50052, "kubernetes")

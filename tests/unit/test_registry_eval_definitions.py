@@ -77,6 +77,10 @@ def test_an_eval_definition_is_read_into_its_info(tmp_path):
         ({"name": "x"}, "'data_source_config' must be"),
         (definition(data_source_config={"type": "custom"}), "item_schema"),
         (definition(metadata={"a": 1}), "'metadata' values must be strings"),
+        # Its name is the version's display name: a NUL would break the metadata's JSON on
+        # PostgreSQL, any control character the listings that show it.
+        (definition(name="a\x00b"), "control character U+0000"),
+        (definition(name="two\nlines"), "control character U+000A"),
     ],
 )
 def test_a_malformed_definition_is_refused_with_its_reason(tmp_path, value, words):
