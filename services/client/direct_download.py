@@ -28,7 +28,7 @@ from pathlib import Path
 import urllib3
 
 from services.client.transfer import PullWriter
-from services.common.errors import DataLoss, Unavailable, shown
+from services.common.errors import Cancelled, DataLoss, Unavailable, shown
 from services.common.stubs import registry_pb2
 
 # Large files go in parallel Range requests: one connection rarely fills a long link to object
@@ -163,7 +163,15 @@ class _PartStream:
                     raise _Stopped from None
 
     def __iter__(self) -> Iterator[bytes]:
-        while (item := self._chunks.get()) is not None:
+        while True:
+            try:
+                item = self._chunks.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():  # the caller gave up (a cancelled async pull)
+                    raise _Stopped from None
+                continue
+            if item is None:
+                return
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -246,6 +254,7 @@ def download(
     refresh: Refresh,
     *,
     parallel_min_bytes: int = PARALLEL_MIN_BYTES,
+    stop: threading.Event | None = None,
 ) -> None:
     """Fetch every file of ``answer.version`` into ``writer`` (started here; the caller
     finishes or closes it); files of ``parallel_min_bytes`` and more in parallel Range parts.
@@ -255,7 +264,8 @@ def download(
     urls = _Urls(answer, refresh)
     writer.start(answer.version)
     parts = _parts(answer.version.manifest.files, max(parallel_min_bytes, 1))
-    stop = threading.Event()
+    # Set by a caller that gave up (`stop`), or here once the pull ends either way.
+    stop = stop if stop is not None else threading.Event()
     http = urllib3.PoolManager(maxsize=WORKERS, timeout=HTTP_TIMEOUT, retries=False)
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="pull")
     pending: deque[tuple[_PartStream, Future[None]]] = deque()
@@ -272,8 +282,11 @@ def download(
             submit()
         while pending:
             stream, _future = pending.popleft()
-            for data in stream:
-                writer.data(stream.part.path, data)
+            try:
+                for data in stream:
+                    writer.data(stream.part.path, data)
+            except _Stopped:
+                raise Cancelled("the pull was cancelled") from None
             submit()
     finally:
         stop.set()  # workers still reading stop at their next chunk
@@ -287,12 +300,14 @@ def pull(
     refresh: Refresh,
     *,
     parallel_min_bytes: int = PARALLEL_MIN_BYTES,
+    stop: threading.Event | None = None,
 ) -> registry_pb2.ArtifactVersion:
     """Download ``answer.version`` into ``dest``, which gets the files only once all are
-    complete and verified; on any error ``dest`` is left as it was. Blocking."""
+    complete and verified; on any error, or once ``stop`` is set, ``dest`` is left as it was
+    and the staging folder removed. Blocking."""
     writer = PullWriter(dest)
     try:
-        download(writer, answer, refresh, parallel_min_bytes=parallel_min_bytes)
+        download(writer, answer, refresh, parallel_min_bytes=parallel_min_bytes, stop=stop)
         return writer.finish()
     finally:
         writer.close()

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import logging
+import threading
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
@@ -26,10 +29,19 @@ from services.client.transfer import (
     local_files,
     upload_header,
 )
-from services.common.errors import from_grpc_error
+from services.common.errors import Unavailable, from_grpc_error
 from services.common.stubs import registry_pb2, registry_pb2_grpc
 
 __all__ = ["KINDS", "AsyncRegistryClient", "RegistryClient", "kind_label", "kind_value"]
+
+log = logging.getLogger(__name__)
+
+
+def _falling_back(answer: registry_pb2.GetDownloadUrlsResponse, exc: Unavailable) -> None:
+    log.warning(
+        "pulling %s straight from object storage failed (%s); streaming it through the "
+        "registry instead", pinned_ref(answer.version), exc.message,
+    )
 
 
 def _ref_request(cls, kind: str, ref: str):
@@ -165,7 +177,10 @@ class RegistryClient(BlockingClient):
         registry offers presigned URLs (``download_urls``), else streamed through it."""
         answer = self.download_urls(kind, ref)
         if answer is not None and answer.direct_transfers:
-            return self._pull_direct(answer, dest)
+            try:
+                return self._pull_direct(answer, dest)
+            except Unavailable as exc:  # storage unreachable from here: dest is untouched
+                _falling_back(answer, exc)
         return self._pull_streamed(kind, pinned_ref(answer.version) if answer else ref, dest)
 
     def download_urls(
@@ -348,7 +363,10 @@ class AsyncRegistryClient(AsyncClient):
     async def pull(self, kind: str, ref: str, dest: Path) -> registry_pb2.ArtifactVersion:
         answer = await self.download_urls(kind, ref)
         if answer is not None and answer.direct_transfers:
-            return await self._pull_direct(answer, dest)
+            try:
+                return await self._pull_direct(answer, dest)
+            except Unavailable as exc:  # storage unreachable from here: dest is untouched
+                _falling_back(answer, exc)
         return await self._pull_streamed(kind, pinned_ref(answer.version) if answer else ref, dest)
 
     async def download_urls(
@@ -375,9 +393,19 @@ class AsyncRegistryClient(AsyncClient):
             call = self._unary("GetDownloadUrls", request)
             return asyncio.run_coroutine_threadsafe(call, loop).result()
 
-        # One thread owns the pull's writer from start to close: a cancelled caller leaves the
-        # pull to end (or fail and clean up) there, never racing its writes.
-        return await asyncio.to_thread(direct_download.pull, dest, answer, refresh)
+        # One thread owns the pull's writer from start to close. A cancelled caller tells it to
+        # stop and waits for it to clean up (its staging folder removed), never racing it.
+        stop = threading.Event()
+        work = asyncio.ensure_future(
+            asyncio.to_thread(direct_download.pull, dest, answer, refresh, stop=stop)
+        )
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            stop.set()
+            with contextlib.suppress(BaseException):
+                await work
+            raise
 
     async def _pull_streamed(self, kind: str, ref: str, dest: Path) -> registry_pb2.ArtifactVersion:
         writer = PullWriter(dest)

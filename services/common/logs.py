@@ -33,3 +33,5 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # urllib3 logs every request line at DEBUG: a presigned URL's query is a credential.
+    logging.getLogger("urllib3").setLevel(max(logging.WARNING, root.level))

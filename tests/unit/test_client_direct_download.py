@@ -185,3 +185,54 @@ def test_a_failed_file_stops_the_workers_reading_ahead(storage, tmp_path):
         _pull(tmp_path / "out", answer, refresh=_never, parallel_min_bytes=len(BLOB) + 1)
     assert time.monotonic() - started < 10
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pull_told_to_stop_ends_and_leaves_nothing(storage, tmp_path):
+    """What a cancelled async pull does: its thread is told to stop, and stops at the next
+    chunk, with no staging folder left behind (it would sit outside the cache's budget)."""
+    from services.common.errors import Cancelled
+
+    storage.accepted.add("first")
+    stop = threading.Event()
+    stop.set()  # asked to stop before the first byte is written
+    with pytest.raises(Cancelled):
+        _pull(
+            tmp_path / "out",
+            _answer(storage.url, "first"),
+            refresh=_never,
+            parallel_min_bytes=PART_BYTES,
+            stop=stop,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_client_that_cannot_reach_object_storage_streams_through_the_registry(tmp_path):
+    """The registry offers URLs of a storage endpoint this client cannot reach: the pull is
+    streamed instead (the registry reads the same blobs), with a warning naming the setting."""
+    from services.client.registry import RegistryClient
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nobody listens there once this socket is closed
+    answer = _answer(lambda name, token: f"http://127.0.0.1:{port}/{name}?t={token}", "x")
+
+    class Unreachable(RegistryClient):
+        """The product's `pull` over a registry that offers those URLs (no channel here)."""
+
+        def __init__(self) -> None:
+            self.streamed: list[str] = []
+
+        def download_urls(self, kind, ref, paths=()):
+            return answer
+
+        def _pull_streamed(self, kind, ref, dest):
+            self.streamed.append(ref)
+            return answer.version
+
+        def _unary(self, *args, **kwargs):
+            raise AssertionError("no URL refresh: nothing was refused, storage was unreachable")
+
+    client = Unreachable()
+    client.pull("adapter", "lora", tmp_path / "out")
+    assert client.streamed == ["lora@3"]  # the exact version the answer resolved, no alias
+    assert list(tmp_path.iterdir()) == []
