@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common import peft_types
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -233,12 +234,15 @@ class ModelResolver:
             raise FailedPrecondition(f"'{ref}' is not an adapter", param="model")
         info = version.adapter
         exact = f"{version.name}@{version.version}"
-        if info.peft_type and info.peft_type.upper() != "LORA":
+        peft_type = (info.peft_type or "LORA").upper()
+        if peft_type not in peft_types.ACCEPTED:
             raise FailedPrecondition(
-                f"adapter {exact} is a {info.peft_type} adapter; vLLM serves LoRA adapters only: "
-                f"{export_hint(exact)}.", param="model", code="adapter_not_servable")
+                f"adapter {exact} is a {info.peft_type} adapter, which this gateway cannot serve",
+                param="model", code="adapter_not_servable")
         problem = None
-        if info.use_dora:
+        if peft_type in peft_types.MERGED:
+            problem = f"is a {peft_type} adapter, which vLLM cannot load at runtime"
+        elif info.use_dora:
             problem = "uses DoRA, which vLLM cannot load as a runtime adapter"
         elif info.modules_to_save:
             problem = (f"trains full copies of {', '.join(info.modules_to_save)} "

@@ -64,16 +64,32 @@ def test_the_fake_registry_is_a_registry_reader():
     ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
     ({"rank": 64}, "max_lora_rank 16"),
     ({"peft_type": "IA3"}, "IA3"),
+    ({"peft_type": "LOHA"}, "LOHA"),
+    ({"peft_type": "LOKR"}, "LOKR"),
 ])
 def test_adapters_vllm_cannot_load_get_an_export_hint(tmp_path, info, words):
+    """Served through their merge when on-demand engines are on (serving.py reads NeedsMerge),
+    else this 400 says how to export them."""
+    from services.gateway.resolver import NeedsMerge
+
     registry = AliasRegistry()
     registry.targets["sql"] = adapter_version(**info)
     resolver = make_resolver(tmp_path, registry)
-    with pytest.raises(FailedPrecondition) as err:
+    with pytest.raises(NeedsMerge) as err:
         asyncio.run(resolver.resolve("sql"))
     assert words in err.value.message
     assert "tuneplex export sql@1" in err.value.message
-    assert err.value.mapping.http_status == 400
+    assert err.value.mapping.http_status == 400 and err.value.ref == "sql@1"
+
+
+def test_a_peft_type_tuneplex_does_not_take_is_a_plain_400(tmp_path):
+    from services.gateway.resolver import NeedsMerge
+
+    registry = AliasRegistry()
+    registry.targets["sql"] = adapter_version(peft_type="PROMPT_TUNING")
+    with pytest.raises(FailedPrecondition) as err:
+        asyncio.run(make_resolver(tmp_path, registry).resolve("sql"))
+    assert not isinstance(err.value, NeedsMerge) and "cannot serve" in err.value.message
 
 
 def test_adapter_for_another_base_is_a_400(tmp_path):
