@@ -203,7 +203,9 @@ def assert_segments_isolated(model, batch, segments: list[tuple[int, int]]) -> N
     ids = batch["input_ids"][0].tolist()
     for start, stop in segments:
         alone = alone_logits(model, ids[start:stop])
-        assert torch.allclose(packed[start:stop], alone, atol=1e-4), (start, stop)
+        # fp32 noise of kernels that block a long and a short sequence differently (1.6e-4 on
+        # logits of ~28 on an AMX CPU); a segment that saw another would be off by O(1).
+        assert torch.allclose(packed[start:stop], alone, atol=1e-3), (start, stop)
 
 
 def segments_of(position_ids: torch.Tensor) -> list[tuple[int, int]]:
