@@ -37,6 +37,24 @@ NOTES = {
 }
 
 
+def _method_notes() -> list[str]:
+    """Which of the section's settings each adapter method beside LoRA reads, from the
+    declaration (``UNUSED_SETTINGS``)."""
+    from services.common.training_spec import PEFT_METHODS, UNUSED_SETTINGS, param_of
+
+    lines = [
+        "Every adapter method reads `target_modules`; LoHa and LoKr read `lora_r` and `lora_alpha`",
+        "as their rank and scale and `lora_dropout` as their rank dropout; IA3 learns one vector",
+        "per module (the MLP's modules scaled at their input). A setting a method does not read",
+        "is refused when set:",
+        "",
+    ]
+    for method in PEFT_METHODS:
+        unused = ", ".join(f"`{param_of(name)}`" for name in UNUSED_SETTINGS[method])
+        lines.append(f"- `{method}`: {unused}")
+    return [*lines, ""]
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -59,8 +77,9 @@ def render() -> str:
         "and within its range.",
         "",
     ]
+    notes = NOTES | {"lora": _method_notes()}
     for section, title in TITLES.items():
-        lines += [f"## {title}", "", *NOTES.get(section, [])]
+        lines += [f"## {title}", "", *notes.get(section, [])]
         lines += [
             "| setting | proto field | default | allowed | meaning |",
             "|---|---|---|---|---|",

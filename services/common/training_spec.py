@@ -19,7 +19,7 @@ trainer (``services/trainer/spec.py``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import (
@@ -40,7 +40,9 @@ from services.common.stubs import trainer_pb2
 
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
-Method = Literal["lora", "qlora", "dora", "full", "continued_pretraining", "dpo"]
+Method = Literal[
+    "lora", "qlora", "dora", "full", "continued_pretraining", "dpo", "ia3", "loha", "lokr"
+]
 Precision = Literal["fp32", "bf16", "fp16"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 
@@ -51,6 +53,9 @@ METHODS: dict[trainer_pb2.Method, Method] = {
     trainer_pb2.METHOD_FULL: "full",
     trainer_pb2.METHOD_CONTINUED_PRETRAINING: "continued_pretraining",
     trainer_pb2.METHOD_DPO: "dpo",
+    trainer_pb2.METHOD_IA3: "ia3",
+    trainer_pb2.METHOD_LOHA: "loha",
+    trainer_pb2.METHOD_LOKR: "lokr",
 }
 PRECISIONS: dict[trainer_pb2.Precision, Precision] = {
     trainer_pb2.PRECISION_FP32: "fp32",
@@ -63,7 +68,24 @@ SCHEDULERS: dict[trainer_pb2.LrScheduler, Scheduler] = {
     trainer_pb2.LR_SCHEDULER_CONSTANT: "constant",
     trainer_pb2.LR_SCHEDULER_CONSTANT_WITH_WARMUP: "constant_with_warmup",
 }
-ADAPTER_METHODS = ("lora", "qlora", "dora", "continued_pretraining", "dpo")
+# PEFT adapter types beside LoRA, trained by the SFT recipe and served through a merge
+# (services/common/peft_types.py): IA3 scales activations by learned vectors, LoHa adds a
+# Hadamard product of two low-rank products, LoKr a Kronecker product.
+PEFT_METHODS = ("ia3", "loha", "lokr")
+ADAPTER_METHODS = ("lora", "qlora", "dora", "continued_pretraining", "dpo", *PEFT_METHODS)
+# LoRA-section settings a method does not read, refused when set (``refuse_unused_settings``):
+# IA3 has no rank, scale or dropout (one vector per module, initialised to ones); rsLoRA's
+# scaling and LoRA+'s learning rate for B over A are defined on LoRA's A and B matrices only.
+UNUSED_SETTINGS: dict[str, tuple[str, ...]] = {
+    "ia3": ("lora_r", "lora_alpha", "lora_dropout", "use_rslora", "loraplus_lr_ratio"),
+    "loha": ("use_rslora", "loraplus_lr_ratio"),
+    "lokr": ("use_rslora", "loraplus_lr_ratio"),
+}
+# The MLP's linear modules of Llama-style models: IA3 scales their inputs (PEFT's
+# ``feedforward_modules``), every other module's outputs.
+FEEDFORWARD_MODULES = ("gate_proj", "up_proj", "down_proj")
+# PEFT's own IA3 targets for Llama-style models (TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING).
+IA3_TARGET_MODULES = ("k_proj", "v_proj", "down_proj")
 # Methods trained on preference pairs (a PREFERENCE dataset), every other one on chats or text.
 PREFERENCE_METHODS = ("dpo",)
 MAX_DPO_BETA = 10.0
@@ -270,20 +292,34 @@ class TrainingConfig(BaseModel):
     zero_stage: int = setting(
         0,
         section="training",
-        help="ZeRO stage of a multi-GPU run: 2 or 3.",
+        help="ZeRO stage of a multi-GPU run: 2 or 3 (2 for ia3, loha and lokr).",
         default_text="2 with num_gpus > 1, else 0",
         allowed="0, 2, 3",
     )
 
-    lora_r: int = setting(16, section="lora", help="LoRA rank.", ge=1, le=1024)
-    lora_alpha: float = setting(
-        32.0, section="lora", help="LoRA scaling alpha.", default_text="2 x lora_r", gt=0, le=16384
+    lora_r: int = setting(
+        16, section="lora", help="LoRA rank (LoHa's and LoKr's too).", ge=1, le=1024
     )
-    lora_dropout: float = setting(0.05, section="lora", help="LoRA dropout.", ge=0, lt=1)
+    lora_alpha: float = setting(
+        32.0,
+        section="lora",
+        help="LoRA scaling alpha (LoHa's and LoKr's too).",
+        default_text="2 x lora_r",
+        gt=0,
+        le=16384,
+    )
+    lora_dropout: float = setting(
+        0.05,
+        section="lora",
+        help="LoRA dropout; for loha and lokr the rank dropout of the weight update.",
+        ge=0,
+        lt=1,
+    )
     target_modules: tuple[str, ...] = setting(
         ("all-linear",),
         section="lora",
         help="Module names to adapt, or all-linear.",
+        default_text="all-linear; k_proj, v_proj, down_proj for method ia3",
         allowed="module names such as q_proj, v_proj",
     )
     use_rslora: bool = setting(
@@ -430,6 +466,8 @@ class TrainingConfig(BaseModel):
             values["learning_rate"] = 2e-5 if full else 2e-4
         if not values.get("zero_stage") and isinstance(values.get("num_gpus"), int):
             values["zero_stage"] = 2 if values["num_gpus"] > 1 else 0
+        if values.get("method") == "ia3" and not values.get("target_modules"):
+            values["target_modules"] = IA3_TARGET_MODULES
         if values.get("method") in PREFERENCE_METHODS and "padding_free" not in values:
             values["padding_free"] = False  # TRL's DPOTrainer pads (it has no padding-free path)
         return values
@@ -495,6 +533,21 @@ class TrainingConfig(BaseModel):
             "zero_stage",
         )
         _require(
+            not (self.method in PEFT_METHODS and self.zero_stage == 3),
+            f"{self.method} with ZeRO-3 is not supported here (PEFT documents and tests ZeRO-3 "
+            "sharding for LoRA only); use zero_stage 2",
+            "zero_stage",
+        )
+        # The switches whose default is off: any other value was asked for, also in a config
+        # written by hand (the wire's explicitly set settings: ``refuse_unused_settings``).
+        for name in ("use_rslora", "loraplus_lr_ratio"):
+            _require(
+                name not in UNUSED_SETTINGS.get(self.method, ())
+                or getattr(self, name) == type(self).model_fields[name].default,
+                unused_setting_message(name, self.method),
+                name,
+            )
+        _require(
             bool(self.validation_dataset)
             or (self.eval_steps == 0 and self.early_stopping_patience == 0),
             "eval_steps and early_stopping_patience need a validation_dataset; set one or drop "
@@ -552,6 +605,32 @@ SETTINGS: dict[str, FieldInfo] = {
         if isinstance(field.json_schema_extra, dict) and "section" in field.json_schema_extra
     },
 }
+
+
+def unused_setting_message(name: str, method: str) -> str:
+    why = {
+        "ia3": "IA3 learns one scaling vector per module: no rank, alpha, dropout or A and B",
+    }.get(method, f"{method} has no LoRA A and B matrices")
+    return f"{param_of(name)} does not apply to method {method} ({why}); drop it"
+
+
+def refuse_unused_settings(method: str, names: Iterable[str]) -> None:
+    """``InvalidArgument`` for the first of ``names`` (the settings a request sets) that
+    ``method`` does not read (``UNUSED_SETTINGS``): it would be ignored silently otherwise."""
+    for name in names:
+        _require(
+            name not in UNUSED_SETTINGS.get(method, ()),
+            unused_setting_message(name, method),
+            name,
+        )
+
+
+def ia3_feedforward_modules(targets: tuple[str, ...]) -> tuple[str, ...]:
+    """The targets IA3 scales the inputs of (PEFT's ``feedforward_modules``, which must be a
+    subset of its targets): the MLP's modules among them, all of them for all-linear."""
+    if "all-linear" in targets:
+        return FEEDFORWARD_MODULES
+    return tuple(name for name in targets if name in FEEDFORWARD_MODULES)
 
 
 def checkpoint_adapter_name(output_name: str, step: int) -> str:

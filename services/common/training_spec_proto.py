@@ -22,9 +22,11 @@ from services.common.training_spec import (
     FIELDS,
     NESTED,
     SETTINGS,
+    UNUSED_SETTINGS,
     TrainingConfig,
     param_of,
     proto_name,
+    refuse_unused_settings,
     section_of,
 )
 from services.common.training_spec_text import refusal
@@ -43,6 +45,7 @@ def config_from_values(values: Mapping[str, Any]) -> TrainingConfig:
             param="training.lora",
             code="invalid_spec",
         )
+    refuse_unused_settings(config.method, values)
     return config
 
 
@@ -146,6 +149,8 @@ def config_to_proto(config: TrainingConfig) -> trainer_pb2.TrainingSpec:
     values = config.model_dump(mode="json")
     if not config.is_adapter:
         values = {n: v for n, v in values.items() if section_of(n) != "lora"}
+    # Nor those the method does not read (ia3's rank...): sent back, they would be refused.
+    values = {n: v for n, v in values.items() if n not in UNUSED_SETTINGS.get(config.method, ())}
     for root in NESTED:  # what the trainer filled in (pinned databases) is not on the wire
         if values.get(root) is not None:
             values[root] = {n: v for n, v in values[root].items() if f"{root}.{n}" in SETTINGS}

@@ -25,7 +25,7 @@ from services.common.errors import (
 from services.common.refs import check_version
 from services.common.stubs import registry_pb2
 from services.registry import convert
-from services.registry.lora_shapes import check_lora_shapes
+from services.registry.adapter_tensors import check_adapter_shapes
 from services.registry.metadata import FileRow, MetadataStore, NewVersion, VersionRow
 from services.registry.names import check_alias, check_name, kind_name, parse_ref
 from services.registry.presigned import DirectDownloads
@@ -92,7 +92,7 @@ class ArtifactRegistry:
         info = plan.info()
         if isinstance(info, registry_pb2.AdapterInfo):
             base_model = base_model or await self._resolve_base_model(plan.base_model_hint())
-            await self._check_fits_base_model(plan, base_model)
+            await self._check_fits_base_model(plan, info.peft_type, base_model)
             info.base_model = base_model
             if not lineage.base_model:
                 lineage.base_model = base_model
@@ -171,8 +171,10 @@ class ArtifactRegistry:
             ) from None
         return f"{row.name}@{row.version}"
 
-    async def _check_fits_base_model(self, plan: UploadPlan, base_model: str) -> None:
-        """An adapter's LoRA shapes against the config.json of the base model version it names:
+    async def _check_fits_base_model(
+        self, plan: UploadPlan, peft_type: str, base_model: str
+    ) -> None:
+        """An adapter's tensor shapes against the config.json of the base model version it names:
         the name alone does not say that the adapter was trained on that model."""
         row = await asyncio.to_thread(self.metadata.resolve, "model", parse_ref(base_model))
         config = next((f for f in row.files if f.path == "config.json"), None)
@@ -181,7 +183,9 @@ class ArtifactRegistry:
         raw = await asyncio.to_thread(
             b"".join, _verified(self.store, config, self.settings.chunk_bytes)
         )
-        check_lora_shapes(ADAPTER_WEIGHTS, plan.tensor_shapes(), json.loads(raw), base_model)
+        check_adapter_shapes(
+            ADAPTER_WEIGHTS, peft_type, plan.tensor_shapes(), json.loads(raw), base_model
+        )
 
     async def _pin_lineage(self, lineage: registry_pb2.Lineage) -> None:
         """Replace each reference in ``lineage`` by the exact version it names now."""

@@ -18,7 +18,14 @@ from services.common.errors import InvalidArgument, ResourceExhausted, shown
 from services.common.eval_definition import DEFINITION_FILE, check_definition
 from services.common.eval_summary import RESULTS_FILE, SUMMARY_FILE, EvalSummary
 from services.common.labels import check_labels
+from services.common.peft_types import ACCEPTED
 from services.common.stubs import registry_pb2
+from services.registry.adapter_config import (
+    merged_adapter_info,
+    parse_modules_to_save,
+    parse_targets,
+)
+from services.registry.adapter_tensors import check_weights_type
 from services.registry.dataset_check import DatasetCheck
 from services.registry.evaluation_check import ResultsCheck, evaluation_info, parse_summary
 from services.registry.names import check_file_layout, check_name, is_pickle, kind_name
@@ -250,7 +257,8 @@ def _plan_adapter(header, files) -> UploadPlan:
 
     def info() -> registry_pb2.AdapterInfo:
         adapter = adapter_info(config.value)
-        if not any("lora_" in n for n in weights.tensor_names):
+        check_weights_type(ADAPTER_WEIGHTS, adapter.peft_type, weights.tensor_names)
+        if adapter.peft_type == "LORA" and not any("lora_" in n for n in weights.tensor_names):
             raise InvalidArgument(
                 f"{ADAPTER_WEIGHTS} holds no LoRA tensors (lora_A/lora_B)", param="files"
             )
@@ -276,21 +284,20 @@ def adapter_info(cfg: dict) -> registry_pb2.AdapterInfo:
         return InvalidArgument(f"{ADAPTER_CONFIG}: {why}", param="files")
 
     peft_type = cfg.get("peft_type")
+    if peft_type not in ACCEPTED:
+        raise bad(
+            f"peft_type is {shown(peft_type, 40)}; the registry takes {', '.join(ACCEPTED)} "
+            "adapters (LoRA includes DoRA)"
+        )
     if peft_type != "LORA":
-        raise bad(f"peft_type is {shown(peft_type, 40)}; only LoRA (and DoRA) adapters are served")
+        return merged_adapter_info(cfg, peft_type, bad)
     rank, alpha = cfg.get("r"), cfg.get("lora_alpha")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise bad(f"'r' must be a positive integer, got {shown(rank, 40)}")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
         raise bad(f"'lora_alpha' must be a positive number, got {shown(alpha, 40)}")
-    targets = cfg.get("target_modules")
-    if isinstance(targets, str):
-        targets = [targets]  # PEFT allows one regex string
-    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
-        raise bad("'target_modules' must be a non-empty list of module names")
-    to_save = cfg.get("modules_to_save") or []
-    if not isinstance(to_save, list) or not all(isinstance(m, str) for m in to_save):
-        raise bad("'modules_to_save' must be a list of module names")
+    targets = parse_targets(cfg, bad)
+    to_save = parse_modules_to_save(cfg, bad)
     flags: dict[str, bool] = {}
     for key in ("use_dora", "use_rslora"):
         value = cfg.get(key) or False

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import psutil
 from google.protobuf.json_format import MessageToDict
 
+from services.common import peft_types
 from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -249,10 +250,10 @@ class Admission:
         adapter = self.cache.resolve("adapter", config.adapter, "export.adapter")
         exact = version_ref(adapter)
         info = adapter.adapter
-        if info.peft_type and info.peft_type.upper() != "LORA":
+        if info.peft_type and info.peft_type.upper() not in peft_types.ACCEPTED:
             raise FailedPrecondition(
-                f"adapter {exact} is a {info.peft_type} adapter; only LoRA and DoRA adapters "
-                "merge into their base model",
+                f"adapter {exact} is a {info.peft_type} adapter; LoRA, DoRA, IA3, LoHa and LoKr "
+                "adapters merge into their base model",
                 param="export.adapter",
                 code="unsupported_adapter",
             )

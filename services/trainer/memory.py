@@ -3,10 +3,11 @@
 Terms, per training device:
 - base weights: parameters x bytes of the load dtype (4-bit for qlora: 0.5 byte + ~6% for the
   quantization constants);
-- trainable weights, gradients and AdamW states: LoRA matrices (or every parameter for full
-  fine-tuning) held in fp32 with fp32 gradients and two fp32 moments (m, v); full fine-tuning in
-  mixed precision is the classic 16 bytes/parameter (2 half weights + 2 half grads + 4 master +
-  8 moments, ZeRO paper, Rajbhandari et al. 2020);
+- trainable weights, gradients and AdamW states: the adapter's parameters (``adapter_params``:
+  LoRA's A and B, DoRA's magnitudes, IA3's vectors, LoHa's four and LoKr's factors; or every
+  parameter for full fine-tuning) held in fp32 with fp32 gradients and two fp32 moments (m, v);
+  full fine-tuning in mixed precision is the classic 16 bytes/parameter (2 half weights + 2
+  half grads + 4 master + 8 moments, ZeRO paper, Rajbhandari et al. 2020);
 - activations: per layer s*b*h*K bytes in fp32, halved in 16-bit, with K = ACTIVATION_BYTES
   calibrated (below). Korthikanti et al. 2022 ("Reducing Activation Recomputation") count
   s*b*h*(34 + 5*a*s/h) in 16-bit for a GPT layer; ours differ: the a*s/h term is the attention
@@ -15,6 +16,10 @@ Terms, per training device:
   linear layer's input, SwiGLU keeps intermediate-sized tensors, RMSNorm works in fp32.
   With gradient checkpointing only each layer's input (2*s*b*h in 16-bit) is kept plus one
   layer recomputed;
+- LoHa and LoKr build each adapted module's whole weight update (out x in, fp32) in the forward
+  pass and the linear layer that applies it keeps it for the backward pass: one per adapted
+  module of every layer, or of the one layer recomputed with gradient checkpointing
+  (``adapter_weight_updates``; derived, not calibrated);
 - logits: b*s*vocab in fp32, LOGITS_COPIES times (calibrated; the loss is computed in fp32 and
   for a small model with a large vocabulary this is the largest per-token term);
 - multi-GPU: model states from DeepSpeed's ``estimate_zero2/3_model_states_mem_needs`` (no
@@ -46,7 +51,7 @@ from dataclasses import dataclass
 
 from services.common.errors import FailedPrecondition, ResourceExhausted, TuneplexError
 from services.trainer.device import DeviceInfo
-from services.trainer.spec import TrainingConfig
+from services.trainer.spec import TrainingConfig, ia3_feedforward_modules
 
 GIB = 1024**3
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -120,14 +125,74 @@ class ModelShape:
         embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
         return self.layers * self.layer_params() + embeddings + self.hidden
 
+    def targeted(self, targets: tuple[str, ...]) -> list[tuple[str, int, int]]:
+        """The linear modules of one layer that ``targets`` adapts."""
+        if "all-linear" in targets:
+            return self.linear_layers()
+        return [layer for layer in self.linear_layers() if layer[0] in targets]
+
     def lora_params(self, r: int, targets: tuple[str, ...]) -> int:
-        wanted = (
-            {name for name, _, _ in self.linear_layers()}
-            if "all-linear" in targets
-            else set(targets)
+        return self.layers * sum(r * (a + b) for _, a, b in self.targeted(targets))
+
+    def ia3_params(self, targets: tuple[str, ...]) -> int:
+        """One vector per adapted module: of its inputs for a feed-forward module, else of its
+        outputs (PEFT's ``ia3_l``, [1, in] or [out, 1])."""
+        feedforward = ia3_feedforward_modules(targets)
+        return self.layers * sum(
+            a if name in feedforward else b for name, a, b in self.targeted(targets)
         )
-        per_layer = sum(r * (a + b) for name, a, b in self.linear_layers() if name in wanted)
-        return self.layers * per_layer
+
+    def loha_params(self, r: int, targets: tuple[str, ...]) -> int:
+        """Two low-rank products (``hada_w1_a/b``, ``hada_w2_a/b``): 2 * r * (in + out)."""
+        return self.layers * sum(2 * r * (a + b) for _, a, b in self.targeted(targets))
+
+    def lokr_params(self, r: int, targets: tuple[str, ...]) -> int:
+        return self.layers * sum(lokr_module_params(r, a, b) for _, a, b in self.targeted(targets))
+
+    def weight_update_params(self, targets: tuple[str, ...]) -> int:
+        """The size of one layer's adapted weight matrices (what LoHa and LoKr rebuild)."""
+        return sum(a * b for _, a, b in self.targeted(targets))
+
+
+def _factorization(dimension: int) -> tuple[int, int]:
+    """PEFT's ``lokr.layer.factorization`` with its default factor (-1), step for step: the
+    divisor pair (m <= n, m * n = dimension) nearest the square root."""
+    m, n = 1, dimension
+    while m < n:
+        new_m = m + 1
+        while dimension % new_m:
+            new_m += 1
+        m, n = new_m, dimension // new_m
+    return (n, m) if m > n else (m, n)
+
+
+def lokr_module_params(r: int, in_features: int, out_features: int) -> int:
+    """LoKr's parameters for one linear module with PEFT's defaults (``decompose_both`` off,
+    ``decompose_factor`` -1): W = kron(w1, w2) with w1 [out_l, in_m] full and w2 [out_k, in_n]
+    full, or as the low-rank product w2_a @ w2_b when r is below half its larger side. Those
+    defaults are what ``peft_config`` builds; another factor or decompose_both would change
+    the count."""
+    in_m, in_n = _factorization(in_features)
+    out_l, out_k = _factorization(out_features)
+    w1 = out_l * in_m
+    w2 = out_k * in_n if r >= max(out_k, in_n) / 2 else r * (out_k + in_n)
+    return w1 + w2
+
+
+def adapter_params(config: TrainingConfig, shape: ModelShape) -> int:
+    """The trainable parameters of the spec's adapter."""
+    targets = config.target_modules
+    if config.method == "ia3":
+        return shape.ia3_params(targets)
+    if config.method == "loha":
+        return shape.loha_params(config.lora_r, targets)
+    if config.method == "lokr":
+        return shape.lokr_params(config.lora_r, targets)
+    trainable = shape.lora_params(config.lora_r, targets)
+    if config.method == "dora":
+        # DoRA adds one magnitude vector per adapted module (out_features each).
+        trainable += shape.layers * sum(o for _, _, o in shape.targeted(targets))
+    return trainable
 
 
 # (job id, estimated peak bytes) of the jobs that may run beside a new one on its device.
@@ -242,10 +307,7 @@ def estimate_memory(
     total = shape.total_params()
     gpus = max(1, config.num_gpus)
     if config.is_adapter:
-        trainable = shape.lora_params(config.lora_r, config.target_modules)
-        if config.method == "dora":
-            # DoRA adds one magnitude vector per adapted module (out_features each).
-            trainable += shape.layers * sum(o for _, _, o in shape.linear_layers())
+        trainable = adapter_params(config, shape)
         frozen_bytes = total * (
             NF4_BYTES if config.method == "qlora" else DTYPE_BYTES[config.precision]
         )
@@ -273,6 +335,10 @@ def estimate_memory(
     if config.is_preference:
         reference = layer_activation_bytes(config, shape, sequences) + one_logits
         terms.append(("reference_forward", reference))
+    if config.method in ("loha", "lokr"):
+        kept = 1 if config.gradient_checkpointing else shape.layers
+        updates = kept * shape.weight_update_params(config.target_modules) * 4
+        terms.append(("adapter_weight_updates", updates))
     terms.append(("framework_overhead", CUDA_OVERHEAD if device.cuda else CPU_TRAINING_OVERHEAD))
     return _estimate(_capped(*terms), device.memory_bytes, device.name, held)
 

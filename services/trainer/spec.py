@@ -25,6 +25,7 @@ from services.common.training_spec import (
     Scheduler,
     TrainingConfig,
     TrainingEvalConfig,
+    ia3_feedforward_modules,
     param_of,
 )
 from services.common.training_spec_proto import (
@@ -45,6 +46,7 @@ __all__ = [
     "Scheduler",
     "TrainingConfig",
     "TrainingEvalConfig",
+    "ia3_feedforward_modules",
     "training_config_from_proto",
     "training_config_to_proto",
 ]

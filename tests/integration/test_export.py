@@ -153,3 +153,17 @@ def test_bad_exports_are_refused_with_the_right_code(trainer, adapter, name, err
     with TrainerClient(trainer.target) as client, pytest.raises(error) as caught:
         client.create_export(adapter, name)
     assert says in caught.value.message
+
+
+def test_an_ia3_adapter_exports_through_the_trainer(trainer, registry, base_model_dir, tmp_path):
+    """The trainer's admission takes the PEFT types a merge folds into plain weights (what the
+    gateway's on-demand merges ask of it), and the merged model names its adapter."""
+    from tests.helpers.peft_adapters import make_peft_adapter
+
+    folder = make_peft_adapter("IA3", base_model_dir, tmp_path / "ia3", seed=5)
+    registry.push("adapter", "exp-ia3", folder, base_model=BASE_REF)
+    with TrainerClient(trainer.target) as client:
+        job = wait_for_final(client, client.create_export("exp-ia3", "exp-ia3-merged").id, 300)
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
+    merged = registry.resolve("model", "exp-ia3-merged")
+    assert merged.model.merged_from_adapter == "exp-ia3@1"

@@ -100,8 +100,8 @@ def test_missing_files_and_bad_config(tmp_path):
     (folder / "adapter_config.json").unlink()
     with pytest.raises(InvalidArgument, match="adapter_config.json is missing"):
         run_plan(folder)
-    bad = write_adapter(tmp_path / "b", config={"peft_type": "IA3"})
-    with pytest.raises(InvalidArgument, match="only LoRA"):
+    bad = write_adapter(tmp_path / "b", config={"peft_type": "PROMPT_TUNING"})
+    with pytest.raises(InvalidArgument, match="takes LORA, IA3, LOHA, LOKR adapters"):
         run_plan(bad)
     bad_rank = write_adapter(tmp_path / "c", config={"r": 0})
     with pytest.raises(InvalidArgument, match="'r' must be a positive integer"):

@@ -145,7 +145,7 @@ LORA = {"peft_type": "LORA", "target_modules": ["q_proj", "v_proj"]}
 @pytest.mark.parametrize(
     ("adapter", "base", "says"),
     [
-        ({"peft_type": "IA3"}, {}, "IA3 adapter"),
+        ({"peft_type": "PROMPT_TUNING"}, {}, "PROMPT_TUNING adapter"),
         ({**LORA, "layer_replication": [[0, 4]]}, {}, "layer_replication"),
         ({**LORA, "modules_to_save": ["lm_head"]}, {"tie_word_embeddings": True}, "ties"),
         ({**LORA, "target_modules": ["q_proj", "embed_tokens"]}, {"tie_word_embeddings": True},

@@ -51,7 +51,9 @@ def facts(version: registry_pb2.ArtifactVersion) -> str:
     which = version.WhichOneof("info")
     if which == "adapter":
         a = version.adapter
-        kind = "DoRA" if a.use_dora else "LoRA"
+        kind = "DoRA" if a.use_dora else {"LORA": "LoRA", "": "LoRA"}.get(a.peft_type, a.peft_type)
+        if not a.rank:  # IA3: scaling vectors, no rank
+            return f"{kind} on {a.base_model}"
         return f"{kind} r={a.rank} alpha={a.alpha:g} on {a.base_model}"
     if which == "dataset":
         d = version.dataset

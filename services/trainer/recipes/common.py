@@ -28,7 +28,7 @@ from services.trainer.device import training_threads
 from services.trainer.recipes.report import published_weights, write_report
 from services.trainer.recipes.tracking import RUNS_DIR, choose_trackers
 from services.trainer.recipes.trained_positions import score_trained_positions_only
-from services.trainer.spec import TrainingConfig
+from services.trainer.spec import TrainingConfig, ia3_feedforward_modules
 from services.trainer.worker.protocol import EXIT_PAUSED, emit, exit_for
 
 
@@ -95,9 +95,9 @@ def attention_implementation(config: TrainingConfig) -> str:
 
 def load_model(config: TrainingConfig, model_dir: Path):
     """The base model in the spec's precision (4-bit NF4 for qlora), wrapped in PEFT for
-    adapters."""
+    adapters (``peft_config``)."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": torch_dtype(config), "attn_implementation": attention_implementation(config)}
@@ -119,8 +119,35 @@ def load_model(config: TrainingConfig, model_dir: Path):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.gradient_checkpointing
         )
+    return get_peft_model(model, peft_config(config))
+
+
+def peft_config(config: TrainingConfig):
+    """The PEFT config of an adapter method: LoRA (DoRA, rsLoRA; qlora, dpo and continued
+    pretraining train LoRA too), IA3, LoHa or LoKr. PEFT resolves all-linear itself for each
+    (every linear layer but the output head)."""
+    from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig
+
     targets = "all-linear" if "all-linear" in config.target_modules else list(config.target_modules)
-    peft_config = LoraConfig(
+    if config.method == "ia3":
+        return IA3Config(
+            target_modules=targets,
+            feedforward_modules=list(ia3_feedforward_modules(config.target_modules)),
+            task_type="CAUSAL_LM",
+        )
+    if config.method in ("loha", "lokr"):
+        # lora_dropout is the rank dropout (rows of the weight update dropped, the rest
+        # rescaled): the dropout inside the adapter, as LoRA's is. PEFT's module dropout, which
+        # skips a whole adapted module at a time, stays off.
+        adapter_class = LoHaConfig if config.method == "loha" else LoKrConfig
+        return adapter_class(
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            rank_dropout=config.lora_dropout,
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+        )
+    return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
@@ -129,7 +156,6 @@ def load_model(config: TrainingConfig, model_dir: Path):
         use_dora=config.method == "dora",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_config)
 
 
 def make_optimizer(config: TrainingConfig, model):

@@ -1,16 +1,18 @@
-"""Export recipe: merge a LoRA/DoRA adapter into its base model and save a plain HF model, for
-runtimes that cannot load adapters (Ollama, some TensorRT-LLM setups, vLLM for DoRA or
-``modules_to_save``).
+"""Export recipe: merge a LoRA/DoRA, IA3, LoHa or LoKr adapter into its base model and save a
+plain HF model, for runtimes that cannot load adapters (Ollama, some TensorRT-LLM setups, vLLM
+for DoRA, ``modules_to_save`` and the types it has no runtime loading for).
 
     python -m services.trainer.recipes.export --config job.json --output DIR
 
 ``job.json`` is an ``ExportRecipeConfig``: ``{"export": {...ExportConfig...}, "adapter_dir":
 "<PEFT folder>", "model_dir": "<HF folder of its base>"}``.
 
-1. validate: the adapter is LoRA/DoRA and merges cleanly (not into tied embeddings);
+1. validate: the adapter is LoRA/DoRA, IA3, LoHa or LoKr and merges cleanly (not into tied
+   embeddings);
    the load precision follows ``merge_load_plan``: the adapter's training precision from its
    ``training_report.json``, fp32 when there is none, the *unquantized* base for QLoRA;
-2. merge: the base on the CPU (a merge is one ``B @ A`` per module: cheap next to loading and
+2. merge: the base on the CPU (a merge is one ``B @ A`` per module, a Hadamard or Kronecker
+   product of small factors for LoHa/LoKr, a scale for IA3: cheap next to loading and
    saving, and host memory is larger than a GPU's), ``PeftModel.from_pretrained``,
    ``merge_and_unload()``;
 3. cast to the requested dtype (bf16 default) and check every weight is finite: a broken
@@ -30,12 +32,21 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from services.common.errors import FailedPrecondition
+from services.common.peft_types import MERGED, WEIGHT_MARKERS
 from services.trainer.export_spec import ExportConfig, LoadPlan, merge_load_plan
 from services.trainer.recipes.common import recipe_main
 from services.trainer.worker.protocol import emit
 
 P = "export.adapter"
 EMBEDDINGS = ("embed_tokens", "lm_head", "wte", "embed_out")
+# PEFT's merge_and_unload folds each of these types' updates into plain weights.
+MERGEABLE = ("LORA", *MERGED)
+# What a module that PEFT left unmerged still holds: its wrapped base layer, or any adapter
+# type's tensors (lora_A, hada_w1_a, lokr_w1, ia3_l...), named by each type's family prefix.
+LEFTOVER_MARKS = (
+    "base_layer",
+    *sorted({m.split("_", 1)[0] + "_" for ms in WEIGHT_MARKERS.values() for m in ms}),
+)
 
 
 class ExportRecipeConfig(BaseModel):
@@ -65,9 +76,10 @@ def training_of(adapter_dir: Path) -> dict | None:
 def check_mergeable(adapter: dict, base: dict) -> None:
     """Refuse, with the reason, the adapters a merge would get wrong."""
     peft_type = str(adapter.get("peft_type", "LORA")).upper()
-    if peft_type != "LORA":
+    if peft_type not in MERGEABLE:
         raise FailedPrecondition(
-            f"a {peft_type} adapter does not merge into its base; only LoRA and DoRA adapters do",
+            f"a {peft_type} adapter does not merge into its base; {', '.join(MERGEABLE)} "
+            "adapters do (LoRA includes DoRA)",
             param=P,
             code="unsupported_adapter",
         )
@@ -121,7 +133,9 @@ def merge(adapter_dir: Path, model_dir: Path, plan: LoadPlan, timings: dict[str,
             code="adapter_base_mismatch",
         ) from None
     merged = model.merge_and_unload()  # non-finite results are caught by cast_checked
-    leftovers = [n for n, _ in merged.named_parameters() if "lora_" in n or "base_layer" in n]
+    leftovers = [
+        n for n, _ in merged.named_parameters() if any(mark in n for mark in LEFTOVER_MARKS)
+    ]
     if leftovers:
         raise FailedPrecondition(
             f"modules were left unmerged ({', '.join(leftovers[:3])}); this adapter type does "

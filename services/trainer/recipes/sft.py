@@ -1,10 +1,12 @@
-"""Supervised fine-tuning recipe: LoRA, DoRA, QLoRA or full fine-tuning of a chat model.
+"""Supervised fine-tuning recipe: LoRA, DoRA, QLoRA, IA3, LoHa, LoKr or full fine-tuning of a
+chat model.
 
     python -m services.trainer.recipes.sft --config job.json --output DIR
 
 1. validate: render the first example with the model's own chat template and refuse a dataset
    whose assistant mask is empty or covers every token;
-2. setup: tokenizer, model (4-bit for qlora), PEFT LoRA/DoRA (rsLoRA, LoRA+ optimizer);
+2. setup: tokenizer, model (4-bit for qlora), the PEFT adapter (``common.peft_config``:
+   LoRA/DoRA with rsLoRA and the LoRA+ optimizer, IA3, LoHa, LoKr);
 3. train: TRL ``SFTTrainer`` on pre-tokenized rows whose labels are masked to the assistant
    turns (unless ``train_on_prompt``), with packing, NEFTune, eval and early stopping as asked,
    resuming from the newest complete checkpoint;
