@@ -131,3 +131,39 @@ def test_a_dora_adapter_is_served_by_name_through_a_merge_and_an_on_demand_engin
     assert gw.metric("gateway_on_demand_engines") == 0
     health = httpx.get(f"{gw.url}/health", timeout=10).json()
     assert health["status"] == "ok" and health["engines"] == {}
+
+
+def test_an_ia3_adapter_trained_elsewhere_is_served_by_name_the_same_way(
+    on_demand_gateway, base_model_dir, registry_with_base_model, tmp_path
+):
+    """Another PEFT type a merge folds into plain weights, on the same path: pushed, asked by
+    name, merged by the trainer, answered by an on-demand engine as PEFT's own unmerged IA3
+    adapter answers (fp32, greedy), and not as the base does."""
+    from transformers import AutoTokenizer
+
+    from tests.helpers.peft_adapters import make_peft_adapter
+
+    folder = make_peft_adapter("IA3", base_model_dir, tmp_path / "ia3", seed=3)
+    with RegistryClient(registry_with_base_model.target) as registry:
+        registry.push("adapter", "exp-ia3-served", folder, base_model=BASE_REF)
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    reference = merge_check.base_plus_adapter(base_model_dir, folder)
+    ids = merge_check.greedy(reference, tokenizer, PROMPTS[:1], MAX_TOKENS)
+    with reference.disable_adapter():
+        plain = merge_check.greedy(reference, tokenizer, PROMPTS[:1], MAX_TOKENS)
+    assert plain != ids, "the IA3 adapter changes nothing"
+    expected = tokenizer.decode(ids[0], skip_special_tokens=True)
+
+    gw = on_demand_gateway
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.api_key, max_retries=0, timeout=120)
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            reply = ask(client, "exp-ia3-served", PROMPTS[0])
+            break
+        except openai.APIStatusError as exc:
+            assert exc.status_code == 503, exc  # merging, then starting: come back later
+            assert time.monotonic() < deadline, "the IA3 adapter never became servable"
+            time.sleep(2)
+    assert reply.model == "exp-ia3-served@1"
+    assert reply.choices[0].message.content == expected
